@@ -1,0 +1,121 @@
+"""The `safetydrift` command: presets, rescoring without a model, and the stage entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# Errors that come from the user's input (params, data, model paths): shown as one clear line
+# instead of a traceback. Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("alembic", "urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_stage(function: Callable[..., Any], *args: Any) -> None:
+    """Run one stage function; a bad-input error exits 1 with its message and no traceback."""
+    configure_logging()
+    try:
+        function(*args)
+    except USER_ERRORS as error:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _preset(args: argparse.Namespace) -> None:
+    from safetydrift.params import apply_preset, available_presets
+
+    if args.name is None:
+        print("\n".join(available_presets()))
+        return
+    target = apply_preset(args.name)
+    print(f"{target} is now the `{args.name}` preset")
+
+
+def _judge(args: argparse.Namespace) -> None:
+    from safetydrift.rescore import judge_file
+
+    summary = judge_file(
+        args.file,
+        args.judge,
+        prompt_column=args.prompt_column,
+        response_column=args.response_column,
+        output=args.output,
+    )
+    print(json.dumps(summary))
+
+
+def _chrf(args: argparse.Namespace) -> None:
+    from safetydrift.rescore import chrf_file
+
+    summary = chrf_file(
+        args.file,
+        hypothesis_column=args.hypothesis_column,
+        reference_column=args.reference_column,
+        n_resamples=args.bootstrap_resamples,
+        seed=args.seed,
+    )
+    print(json.dumps(summary))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from safetydrift.pipeline import report
+    from safetydrift.params import load_params
+
+    result = report(load_params(args.params))
+    if result.missing_cells:
+        print(f"missing cells: {', '.join(result.missing_cells)}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from safetydrift.judges import judge_names
+
+    parser = argparse.ArgumentParser(prog="safetydrift", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    preset = commands.add_parser("preset", help="make params.yaml one of presets/NAME.yaml")
+    preset.add_argument("name", nargs="?", help="preset name; without it, list the presets")
+    preset.set_defaults(handler=_preset)
+
+    judge = commands.add_parser("judge", help="judge saved responses for refusal (no model)")
+    judge.add_argument("file", help="a .jsonl or .csv file of responses")
+    judge.add_argument(
+        "--judge", action="append", required=True, choices=judge_names(),
+        help="judge name; repeat for several",
+    )
+    judge.add_argument("--prompt-column", default="prompt")
+    judge.add_argument("--response-column", default="response")
+    judge.add_argument("--output", help="write per-row verdicts here (.jsonl or .csv)")
+    judge.set_defaults(handler=_judge)
+
+    chrf = commands.add_parser("chrf", help="corpus chrF of saved translations (no model)")
+    chrf.add_argument("file", help="a .jsonl or .csv file with hypotheses and references")
+    chrf.add_argument("--hypothesis-column", default="response")
+    chrf.add_argument("--reference-column", default="reference")
+    chrf.add_argument("--bootstrap-resamples", type=int, default=1000)
+    chrf.add_argument("--seed", type=int, default=0)
+    chrf.set_defaults(handler=_chrf)
+
+    report = commands.add_parser("report", help="write reports/ from whatever metrics exist now")
+    report.add_argument("--params", default="params.yaml")
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    run_stage(args.handler, args)
+
+
+if __name__ == "__main__":
+    main()

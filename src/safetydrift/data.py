@@ -1,0 +1,335 @@
+"""The study's data: MT-Pref translation pairs and AdvBench harmful requests.
+
+Sources are a hub id (loaded with `datasets`, pinned by `revision`), or a local file. Local files
+are read here rather than through `datasets` so that a bad row is reported by file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetydrift.io import read_jsonl, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+LOCAL_SUFFIXES = (".jsonl", ".parquet", ".csv")
+MTPREF_COLUMNS = ("prompt", "chosen", "rejected")
+
+# The Tower/ChatML prompt of MT-Pref. The language named in the instruction is repeated before
+# the source text and before the (empty) target, which is what makes the extraction unambiguous.
+TOWER_PROMPT = re.compile(
+    r"^\s*<\|im_start\|>user\n"
+    r"Translate the following (?P<source>[^\n]+?) source text to (?P<target>[^\n]+?):\n"
+    r"(?P=source): (?P<text>.*)\n"
+    r"(?P=target):\s*<\|im_end\|>\n<\|im_start\|>assistant\n?\s*$",
+    re.DOTALL,
+)
+
+
+class DataError(ValueError):
+    """Input data that the pipeline cannot use, named by file, row or parameter."""
+
+
+@dataclass
+class Source:
+    """Where a data set comes from: a local file or a hub id (with its pinned revision)."""
+
+    location: str
+    revision: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return (
+            self.location.endswith(LOCAL_SUFFIXES)
+            or self.location.startswith(("/", "./", "../", "~"))
+            or Path(self.location).exists()
+        )
+
+    @property
+    def is_url(self) -> bool:
+        return self.location.startswith(("http://", "https://"))
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies the exact bytes read: a file's SHA-256, or the hub revision."""
+        if self.is_local:
+            return {"source": self.location, "sha256": sha256_file(Path(self.location))}
+        return {"source": self.location, "revision": self.revision or "main"}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_local_table(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    if path.suffix == ".csv":
+        try:
+            with path.open(encoding="utf-8", newline="") as handle:
+                return list(csv.DictReader(handle))
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not valid UTF-8 ({error})") from None
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise DataError(f"{path}: unsupported file type (expected one of {', '.join(LOCAL_SUFFIXES)})")
+
+
+def read_hub_table(hub_id: str, revision: str | None, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    dataset = datasets.load_dataset(hub_id, revision=revision, split=split)
+    return dataset.to_list()
+
+
+def resolve_hub_revision(hub_id: str, revision: str | None) -> str | None:
+    """The commit sha behind a branch name, so the stats record what was really read."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(hub_id, revision=revision).sha
+    except Exception as error:  # offline or gated: the requested revision is still recorded
+        log.warning("could not resolve the revision of %s (%s)", hub_id, error)
+        return None
+
+
+def read_source(source: Source, split: str = "train") -> list[dict[str, Any]]:
+    if source.is_local:
+        return read_local_table(Path(source.location))
+    if source.is_url:
+        raise DataError(f"{source.location}: URLs are read only for AdvBench CSV files")
+    return read_hub_table(source.location, source.revision, split)
+
+
+def require_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], where: str) -> None:
+    if not rows:
+        raise DataError(f"{where}: no rows")
+    present = set(rows[0])
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise DataError(
+            f"{where}: missing column(s) {', '.join(missing)} (present: {', '.join(sorted(present))})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# MT-Pref
+
+
+@dataclass
+class TranslationPair:
+    source_language: str
+    source_text: str
+    chosen: str
+    rejected: str
+
+    def as_row(self) -> dict[str, str]:
+        return {
+            "source_language": self.source_language,
+            "source_text": self.source_text,
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+        }
+
+
+@dataclass
+class FilterStats:
+    rows_read: int = 0
+    kept_by_language: Counter = field(default_factory=Counter)
+    dropped_by_reason: Counter = field(default_factory=Counter)
+    dropped_by_language: Counter = field(default_factory=Counter)
+
+    @property
+    def kept(self) -> int:
+        return sum(self.kept_by_language.values())
+
+    def drop(self, reason: str, language: str = "unknown") -> None:
+        self.dropped_by_reason[reason] += 1
+        self.dropped_by_language[language] += 1
+
+
+def extract_source(prompt: str) -> tuple[str, str, str] | None:
+    """(source language, target language, bare source text) of a Tower prompt, lower-cased names."""
+    match = TOWER_PROMPT.match(prompt)
+    if match is None:
+        return None
+    return match["source"].strip().lower(), match["target"].strip().lower(), match["text"].strip()
+
+
+def filter_mtpref(
+    rows: Sequence[Mapping[str, Any]],
+    languages: Sequence[str],
+    target_language: str,
+    where: str,
+) -> tuple[list[TranslationPair], FilterStats]:
+    """Keep the rows translating one of `languages` into `target_language`, as bare text."""
+    require_columns(rows, MTPREF_COLUMNS, where)
+    wanted = {language.lower() for language in languages}
+    target_language = target_language.lower()
+    stats = FilterStats(rows_read=len(rows))
+    kept: list[TranslationPair] = []
+    for number, row in enumerate(rows, start=1):
+        prompt = row["prompt"]
+        if not isinstance(prompt, str):
+            raise DataError(f"{where}, row {number}: `prompt` is {type(prompt).__name__}, not text")
+        parsed = extract_source(prompt)
+        if parsed is None:
+            stats.drop("prompt_not_in_tower_format")
+            continue
+        source_language, target, text = parsed
+        if target != target_language:
+            stats.drop("target_not_selected", source_language)
+        elif source_language not in wanted:
+            stats.drop("source_language_not_selected", source_language)
+        elif not text:
+            stats.drop("empty_source_text", source_language)
+        elif not _nonempty_text(row["chosen"]) or not _nonempty_text(row["rejected"]):
+            stats.drop("empty_chosen_or_rejected", source_language)
+        else:
+            kept.append(TranslationPair(source_language, text, row["chosen"], row["rejected"]))
+            stats.kept_by_language[source_language] += 1
+    if stats.dropped_by_reason["prompt_not_in_tower_format"] == len(rows):
+        raise DataError(
+            f"{where}: no prompt is in the Tower form 'Translate the following X source text to Y:"
+            f"\\nX: ...\\nY:' (first prompt: {str(rows[0]['prompt'])[:120]!r})"
+        )
+    if not kept:
+        raise DataError(
+            f"{where}: nothing left after keeping source languages {sorted(wanted)} into "
+            f"{target_language} (`data.mtpref.languages`, `data.mtpref.target_language`); "
+            f"dropped: {dict(stats.dropped_by_reason)}"
+        )
+    return kept, stats
+
+
+def _nonempty_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def split_per_language(
+    pairs: Sequence[TranslationPair], languages: Sequence[str], test_ratio: float, seed: int
+) -> tuple[list[TranslationPair], list[TranslationPair]]:
+    """A seeded train/test split inside each language, as the paper did (`datasets` semantics)."""
+    import datasets
+
+    if not 0 < test_ratio < 1:
+        raise DataError(f"params.yaml: `data.mtpref.test_ratio` must be in (0, 1), got {test_ratio}")
+    train: list[TranslationPair] = []
+    test: list[TranslationPair] = []
+    for language in (language.lower() for language in languages):
+        subset = [p for p in pairs if p.source_language == language]
+        if len(subset) < 2:
+            if subset:
+                raise DataError(
+                    f"language {language}: {len(subset)} row, too few to split into train and test"
+                )
+            continue
+        table = datasets.Dataset.from_list([p.as_row() for p in subset])
+        parts = table.train_test_split(test_size=test_ratio, seed=seed)
+        train += [TranslationPair(**row) for row in parts["train"].to_list()]
+        test += [TranslationPair(**row) for row in parts["test"].to_list()]
+    return train, test
+
+
+def prepare_mtpref(
+    source: Source,
+    split: str,
+    languages: Sequence[str],
+    target_language: str,
+    test_ratio: float,
+    seed: int,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Write `train.jsonl`, `test.jsonl` and `stats.json` under `out_dir`; return the stats."""
+    if not languages:
+        raise DataError("params.yaml: `data.mtpref.languages` is empty")
+    rows = read_source(source, split)
+    pairs, stats = filter_mtpref(rows, languages, target_language, where=source.location)
+    train, test = split_per_language(pairs, languages, test_ratio, seed)
+    summary = {
+        **source.describe(),
+        "resolved_revision": None if source.is_local else resolve_hub_revision(
+            source.location, source.revision
+        ),
+        "split": split,
+        "rows_read": stats.rows_read,
+        "rows_kept": stats.kept,
+        "rows_dropped": sum(stats.dropped_by_reason.values()),
+        "dropped_by_reason": dict(sorted(stats.dropped_by_reason.items())),
+        "dropped_by_language": dict(sorted(stats.dropped_by_language.items())),
+        "kept_by_language": dict(sorted(stats.kept_by_language.items())),
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "train_by_language": dict(sorted(Counter(p.source_language for p in train).items())),
+        "test_by_language": dict(sorted(Counter(p.source_language for p in test).items())),
+        "test_ratio": test_ratio,
+        "seed": seed,
+    }
+    write_jsonl(out_dir / "train.jsonl", (p.as_row() for p in train))
+    write_jsonl(out_dir / "test.jsonl", (p.as_row() for p in test))
+    write_json(out_dir / "stats.json", summary)
+    return summary
+
+
+def read_pairs(path: Path) -> list[TranslationPair]:
+    rows = read_jsonl(path)
+    require_columns(rows, ("source_language", "source_text", "chosen", "rejected"), str(path))
+    return [TranslationPair(**{k: row[k] for k in TranslationPair.__dataclass_fields__}) for row in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# AdvBench
+
+ADVBENCH_COLUMNS = ("prompt", "goal")  # the hub copy says `prompt`; the original CSV says `goal`
+
+
+def read_advbench_rows(source: Source) -> list[dict[str, Any]]:
+    if source.is_url:
+        import io
+        import urllib.request
+
+        with urllib.request.urlopen(source.location, timeout=60) as response:  # noqa: S310
+            text = response.read().decode("utf-8")
+        return list(csv.DictReader(io.StringIO(text)))
+    return read_source(source, split="train")
+
+
+def prepare_advbench(source: Source, out_path: Path) -> dict[str, Any]:
+    rows = read_advbench_rows(source)
+    if not rows:
+        raise DataError(f"{source.location}: no rows")
+    column = next((c for c in ADVBENCH_COLUMNS if c in rows[0]), None)
+    if column is None:
+        raise DataError(
+            f"{source.location}: expected a column `prompt` or `goal` "
+            f"(present: {', '.join(sorted(rows[0]))})"
+        )
+    prompts = []
+    for number, row in enumerate(rows, start=1):
+        prompt = row[column]
+        if not _nonempty_text(prompt):
+            raise DataError(f"{source.location}, row {number}: empty `{column}`")
+        prompts.append({"id": number - 1, "prompt": prompt.strip()})
+    write_jsonl(out_path, prompts)
+    return {**source.describe(), "column": column, "rows": len(prompts)}
+
+
+def read_advbench(path: Path) -> list[dict[str, Any]]:
+    rows = read_jsonl(path)
+    require_columns(rows, ("id", "prompt"), str(path))
+    return rows

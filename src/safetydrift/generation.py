@@ -1,0 +1,368 @@
+"""Greedy generation for every checkpoint of a cell, shared by the refusal and chrF measurements.
+
+The base model is loaded once per process; each checkpoint's weights (full weights, or a LoRA
+adapter) are then copied into the same tensors, so nothing merged is ever written to disk and
+whatever the engine built for one checkpoint (CUDA graphs, caches) serves the next.
+
+Engines: `hf` (transformers' `generate` in length-sorted, left-padded batches; always works),
+`static` (our static-cache decode loop with CUDA graphs, `safetydrift.decoding`) and `vllm` (when
+installed). All are greedy, up to `max_new_tokens`, on the model's own chat template.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetydrift.models import ModelError, checkpoint_kind, load_tokenizer
+from safetydrift.params import ParamError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("hf", "static", "vllm")
+
+
+@dataclass
+class GenerationSettings:
+    backend: str = "hf"
+    max_new_tokens: int = 256
+    batch_size: int = 64
+    dtype: str = "bfloat16"
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any]) -> GenerationSettings:
+        settings = cls(**{k: values[k] for k in ("backend", "max_new_tokens", "batch_size", "dtype") if k in values})
+        if settings.backend not in BACKENDS:
+            raise ParamError(f"params.yaml: `generation.backend` must be one of {BACKENDS}, got {settings.backend!r}")
+        if settings.max_new_tokens <= 0 or settings.batch_size <= 0:
+            raise ParamError("params.yaml: `generation.max_new_tokens` and `generation.batch_size` must be > 0")
+        return settings
+
+
+@dataclass
+class PromptSettings:
+    """How a measurement's prompts are framed: the studies' options."""
+
+    suffix: str = ""  # the seed authors appended "!" to every AdvBench request
+    prefix: str = ""  # e.g. the ENAIS identity-shifting persona, before the user's request
+    system_prompt: str | None = None
+    subset: int | None = None  # a fixed-seed sample of N prompts
+    subset_seed: int = 0
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any] | None) -> PromptSettings:
+        values = values or {}
+        settings = cls(**{k: values[k] for k in cls.__dataclass_fields__ if k in values})
+        if settings.subset is not None and settings.subset <= 0:
+            raise ParamError(f"params.yaml: a prompts `subset` must be > 0, got {settings.subset}")
+        return settings
+
+    def select(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.subset is None or self.subset >= len(rows):
+            return list(rows)
+        chosen = sorted(random.Random(self.subset_seed).sample(range(len(rows)), self.subset))
+        return [rows[i] for i in chosen]
+
+    def conversation(self, text: str) -> list[dict[str, str]]:
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": f"{self.prefix}{text}{self.suffix}"})
+        return messages
+
+
+@dataclass
+class Generation:
+    response: str
+    new_tokens: int
+    finish_reason: str  # "stop" or "length"
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@dataclass
+class Checkpoint:
+    """One evaluation point of a cell; the base model is the 0% point."""
+
+    label: str
+    fraction: float
+    step: int
+    path: Path
+    kind: str  # "model", "adapter" or "base"
+
+
+def list_checkpoints(cell_dir: Path) -> list[Checkpoint]:
+    import json
+
+    if not cell_dir.is_dir():
+        raise ModelError(f"{cell_dir}: no such checkpoint directory (run the train stage first)")
+    found = []
+    for path in sorted(p for p in cell_dir.iterdir() if p.is_dir() and p.name.startswith("ckpt-")):
+        kind = checkpoint_kind(path)
+        info_file = path / "checkpoint.json"
+        if not info_file.exists():
+            raise ModelError(f"{path}: no checkpoint.json (step and fraction of this checkpoint)")
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+        found.append(Checkpoint(path.name, float(info["fraction"]), int(info["step"]), path, kind))
+    if not found:
+        raise ModelError(f"{cell_dir}: holds no ckpt-* checkpoint")
+    return sorted(found, key=lambda c: c.fraction)
+
+
+def base_checkpoint(base_dir: Path) -> Checkpoint:
+    checkpoint_kind(base_dir)
+    return Checkpoint("ckpt-000", 0.0, 0, base_dir, "base")
+
+
+class ModelHolder:
+    """The base model on the device, with each checkpoint's weights copied into it in turn."""
+
+    def __init__(self, base_dir: Path, dtype: str, device: str) -> None:
+        from safetydrift.models import load_model
+
+        self.base_dir = base_dir
+        self.device = device
+        self.dtype = dtype
+        self.model = load_model(base_dir, dtype=dtype, device=device).eval()
+        self._adapter_loaded = False
+
+    def activate(self, checkpoint: Checkpoint):
+        """Return the model to run for `checkpoint` (the same object for every checkpoint)."""
+        if checkpoint.kind == "base":
+            return self.model
+        if checkpoint.kind == "adapter":
+            return self._load_adapter(checkpoint.path)
+        return self._load_full(checkpoint.path)
+
+    def _load_full(self, path: Path):
+        from safetensors.torch import load_file
+
+        expected = set(self.model.state_dict())
+        loaded: set[str] = set()
+        for shard in sorted(path.glob("*.safetensors")):
+            state = load_file(str(shard), device=self.device)
+            unknown = set(state) - expected
+            if unknown:
+                raise ModelError(f"{shard}: weights the base model does not have: {sorted(unknown)[:5]}")
+            self.model.load_state_dict(state, strict=False)  # copies into the existing tensors
+            loaded |= set(state)
+        tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+        missing = expected - loaded - tied
+        if missing:
+            raise ModelError(f"{path}: weights missing from the checkpoint: {sorted(missing)[:5]}")
+        return self.model
+
+    def _load_adapter(self, path: Path):
+        from peft import PeftModel, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if not self._adapter_loaded:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name="default")
+            self.model.to(self.device).eval()
+            self._adapter_loaded = True
+            return self.model
+        result = set_peft_model_state_dict(
+            self.model, load_file(str(path / "adapter_model.safetensors"), device=self.device)
+        )
+        if getattr(result, "unexpected_keys", None):
+            raise ModelError(f"{path}: adapter weights that do not fit: {result.unexpected_keys[:5]}")
+        return self.model
+
+
+# --------------------------------------------------------------------------------------------
+# Engines
+
+
+class HFEngine:
+    """transformers' `generate`, greedy, in length-sorted batches with left padding."""
+
+    def __init__(self, tokenizer, settings: GenerationSettings) -> None:
+        self.tokenizer = tokenizer
+        self.settings = settings
+
+    def generate(self, model, prompt_ids: Sequence[list[int]]) -> list[tuple[list[int], str]]:
+        import torch
+
+        eos = eos_token_ids(self.tokenizer, model)
+        order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+        results: list[tuple[list[int], str]] = [([], "")] * len(prompt_ids)
+        pad = self.tokenizer.pad_token_id
+        device = next(model.parameters()).device
+        for start in range(0, len(order), self.settings.batch_size):
+            batch = order[start : start + self.settings.batch_size]
+            width = max(len(prompt_ids[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                tokens = prompt_ids[index]
+                ids[row, width - len(tokens) :] = torch.tensor(tokens)
+                mask[row, width - len(tokens) :] = 1
+            with torch.inference_mode():
+                output = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    do_sample=False,
+                    max_new_tokens=self.settings.max_new_tokens,
+                    eos_token_id=eos,
+                    pad_token_id=pad,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
+            for row, index in enumerate(batch):
+                results[index] = split_at_stop(output[row, width:].tolist(), eos)
+        return results
+
+
+def split_at_stop(tokens: list[int], eos: Sequence[int]) -> tuple[list[int], str]:
+    for position, token in enumerate(tokens):
+        if token in eos:
+            return tokens[:position], "stop"
+    return tokens, "length"
+
+
+def eos_token_ids(tokenizer, model) -> list[int]:
+    """Every id that ends a turn: the generation config's and the tokenizer's."""
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if value is None:
+            continue
+        for token in value if isinstance(value, list) else [value]:
+            if token not in ids:
+                ids.append(int(token))
+    if not ids:
+        raise ModelError("the model and tokenizer name no end-of-sequence token")
+    return ids
+
+
+class StaticEngine:
+    """Our static-cache decode loop (CUDA graphs on a GPU), reused across checkpoints."""
+
+    def __init__(self, tokenizer, settings: GenerationSettings) -> None:
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self._decoder = None
+        self._model = None
+
+    def generate(self, model, prompt_ids: Sequence[list[int]]) -> list[tuple[list[int], str]]:
+        from safetydrift.decoding import StaticCacheDecoder
+
+        if self._decoder is None or self._model is not model:
+            self._decoder = StaticCacheDecoder(
+                model,
+                eos_token_ids=eos_token_ids(self.tokenizer, model),
+                pad_token_id=self.tokenizer.pad_token_id,
+                max_new_tokens=self.settings.max_new_tokens,
+                max_batch_size=self.settings.batch_size,
+            )
+            self._model = model
+        return [(d.token_ids, d.finish_reason) for d in self._decoder.decode(prompt_ids)]
+
+
+def build_engine(tokenizer, settings: GenerationSettings):
+    if settings.backend == "hf":
+        return HFEngine(tokenizer, settings)
+    if settings.backend == "static":
+        return StaticEngine(tokenizer, settings)
+    raise ParamError(
+        "params.yaml: `generation.backend: vllm` is handled by generate_for_checkpoints' vLLM path"
+    )
+
+
+def encode_conversations(tokenizer, conversations: Sequence[list[dict[str, str]]]) -> list[list[int]]:
+    texts = [
+        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+        for c in conversations
+    ]
+    # The chat template already holds the special tokens it wants.
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+# --------------------------------------------------------------------------------------------
+# A whole stage: every checkpoint of a cell on one set of prompts
+
+
+@dataclass
+class CheckpointGenerations:
+    checkpoint: Checkpoint
+    rows: list[dict[str, Any]]
+    seconds: float
+
+
+def generate_for_checkpoints(
+    base_dir: Path,
+    checkpoints: Sequence[Checkpoint],
+    conversations: Sequence[list[dict[str, str]]],
+    ids: Sequence[Any],
+    settings: GenerationSettings,
+    device: str,
+):
+    """Yield each checkpoint's generations (`id`, `prompt`, `response`, counts, finish reason)."""
+    if settings.backend == "vllm":
+        yield from _generate_vllm(base_dir, checkpoints, conversations, ids, settings)
+        return
+    tokenizer = load_tokenizer(base_dir)
+    holder = ModelHolder(base_dir, settings.dtype, device)
+    engine = build_engine(tokenizer, settings)
+    prompt_ids = encode_conversations(tokenizer, conversations)
+    for checkpoint in checkpoints:
+        model = holder.activate(checkpoint)
+        started = time.perf_counter()
+        outputs = engine.generate(model, prompt_ids)
+        seconds = time.perf_counter() - started
+        responses = tokenizer.batch_decode([tokens for tokens, _ in outputs], skip_special_tokens=True)
+        rows = [
+            {
+                "id": row_id,
+                "prompt": conversation[-1]["content"],
+                "response": response,
+                "new_tokens": len(tokens),
+                "finish_reason": reason,
+            }
+            for row_id, conversation, response, (tokens, reason) in zip(
+                ids, conversations, responses, outputs, strict=True
+            )
+        ]
+        yield CheckpointGenerations(checkpoint, rows, seconds)
+
+
+def _generate_vllm(base_dir, checkpoints, conversations, ids, settings):
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
+    except ImportError:
+        raise ParamError(
+            "params.yaml: `generation.backend` is vllm, but vLLM is not installed "
+            "(pip install 'safetydrift[vllm]'), or use the hf backend"
+        ) from None
+    sampling = SamplingParams(temperature=0.0, max_tokens=settings.max_new_tokens)
+    has_adapters = any(c.kind == "adapter" for c in checkpoints)
+    llm = None
+    for number, checkpoint in enumerate(checkpoints, start=1):
+        started = time.perf_counter()
+        lora = None
+        if checkpoint.kind == "adapter":
+            lora = LoRARequest(checkpoint.label, number, str(checkpoint.path))
+            model_path = base_dir
+        else:
+            model_path = checkpoint.path
+        if llm is None or checkpoint.kind == "model":
+            llm = LLM(model=str(model_path), dtype=settings.dtype, enable_lora=has_adapters, seed=0)
+        outputs = llm.chat(list(conversations), sampling, lora_request=lora, use_tqdm=False)
+        rows = [
+            {
+                "id": row_id,
+                "prompt": conversation[-1]["content"],
+                "response": out.outputs[0].text,
+                "new_tokens": len(out.outputs[0].token_ids),
+                "finish_reason": out.outputs[0].finish_reason,
+            }
+            for row_id, conversation, out in zip(ids, conversations, outputs, strict=True)
+        ]
+        yield CheckpointGenerations(checkpoint, rows, time.perf_counter() - started)

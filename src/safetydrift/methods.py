@@ -1,0 +1,446 @@
+"""The study's fine-tuning methods as thin recipes over TRL and PEFT.
+
+full and lora/qlora are TRL SFT on (user: bare source text, assistant: `chosen`) with the loss on
+the assistant tokens only (TRL's prompt-completion format); dpo is TRL DPO on (`chosen`,
+`rejected`) with full weights. Every method shares the study's schedule; only the learning rate
+varies across the grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetydrift.cells import Cell, checkpoint_label
+from safetydrift.data import TranslationPair
+from safetydrift.io import write_json
+from safetydrift.params import ParamError, get, positive_float
+
+log = logging.getLogger(__name__)
+
+METHODS = ("full", "lora", "qlora", "dpo")
+CHECKPOINT_INFO_FILE = "checkpoint.json"
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any], where: str) -> LoraSettings:
+        settings = cls(**{k: values[k] for k in ("r", "alpha", "dropout", "target_modules") if k in values})
+        if settings.r <= 0 or settings.alpha <= 0:
+            raise ParamError(f"params.yaml: `{where}.r` and `{where}.alpha` must be > 0")
+        if not settings.target_modules:
+            raise ParamError(f"params.yaml: `{where}.target_modules` is empty")
+        return settings
+
+
+@dataclass
+class TrainSettings:
+    """What one grid cell trains with: the shared schedule plus its method's own settings."""
+
+    method: str
+    learning_rate: float
+    seed: int
+    epochs: float
+    effective_batch_size: int
+    per_device_batch_size: int
+    lr_scheduler: str
+    warmup_ratio: float
+    weight_decay: float
+    optimizer: str
+    max_length: int | None
+    checkpoint_fractions: list[float]
+    precision: str  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
+    master_dtype: str  # dtype of the weights that the optimizer updates, for full and dpo
+    padding_free: bool
+    gradient_checkpointing: bool
+    num_processes: int = 1
+    lora: LoraSettings | None = None
+    quantization: dict[str, Any] | None = None
+    beta: float | None = None
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.effective_batch_size // (self.per_device_batch_size * self.num_processes)
+
+    @property
+    def trainer(self) -> str:
+        return "dpo" if self.method == "dpo" else "sft"
+
+
+def train_settings(params: dict[str, Any], method: str, learning_rate: float) -> TrainSettings:
+    """Validate everything a cell needs before any model is loaded."""
+    if method not in METHODS:
+        raise ParamError(f"unknown method `{method}` (known: {', '.join(METHODS)})")
+    train = get(params, "train")
+    method_params = get(params, f"methods.{method}", {}) or {}
+    settings = TrainSettings(
+        method=method,
+        learning_rate=positive_float(learning_rate, f"learning rate of {method}"),
+        seed=int(train["seed"]),
+        epochs=positive_float(train["epochs"], "train.epochs"),
+        effective_batch_size=int(train["effective_batch_size"]),
+        per_device_batch_size=int(train["per_device_batch_size"]),
+        lr_scheduler=str(train["lr_scheduler"]),
+        warmup_ratio=float(train["warmup_ratio"]),
+        weight_decay=float(train["weight_decay"]),
+        optimizer=str(method_params.get("optimizer", train["optimizer"])),
+        max_length=train.get("max_length"),
+        checkpoint_fractions=[float(f) for f in train["checkpoint_fractions"]],
+        precision=str(train.get("precision", "auto")),
+        master_dtype=str(train.get("master_dtype", "float32")),
+        padding_free=bool(train.get("padding_free", False)),
+        gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
+        num_processes=int(train.get("num_processes", 1)),
+    )
+    if settings.per_device_batch_size <= 0 or settings.effective_batch_size <= 0:
+        raise ParamError("params.yaml: `train.effective_batch_size` and `per_device_batch_size` must be > 0")
+    per_step = settings.per_device_batch_size * settings.num_processes
+    if settings.effective_batch_size % per_step:
+        raise ParamError(
+            f"params.yaml: `train.effective_batch_size` ({settings.effective_batch_size}) is not a "
+            f"multiple of `train.per_device_batch_size` × `train.num_processes` ({per_step})"
+        )
+    if not settings.checkpoint_fractions or any(
+        not 0 < f <= 1 for f in settings.checkpoint_fractions
+    ):
+        raise ParamError("params.yaml: `train.checkpoint_fractions` must be fractions in (0, 1]")
+    if settings.precision not in ("auto", "bf16", "fp32"):
+        raise ParamError(f"params.yaml: `train.precision` must be auto, bf16 or fp32, got {settings.precision}")
+    if method in ("lora", "qlora"):
+        settings.lora = LoraSettings.from_params(method_params.get("lora", {}), f"methods.{method}.lora")
+    if method == "qlora":
+        settings.quantization = method_params.get("quantization") or {}
+    if method == "dpo":
+        settings.beta = positive_float(method_params.get("beta", 0.1), "methods.dpo.beta")
+    return settings
+
+
+def total_steps(n_examples: int, settings: TrainSettings) -> int:
+    """Optimizer steps of the run: the last, partial batch of an epoch still makes a step."""
+    return math.ceil(n_examples / settings.effective_batch_size) * math.ceil(settings.epochs)
+
+
+def checkpoint_steps(n_steps: int, fractions: Sequence[float]) -> dict[int, float]:
+    """Step of each checkpoint fraction, rounded up as the paper's 148/296/444/591 of 591."""
+    steps: dict[int, float] = {}
+    for fraction in sorted(fractions):
+        step = max(1, math.ceil(fraction * n_steps))
+        if step in steps:
+            raise ParamError(
+                f"the train split gives only {n_steps} optimizer steps: too few for checkpoints at "
+                f"{list(fractions)} (fractions {steps[step]} and {fraction} fall on step {step}); "
+                "use more training rows or a smaller `train.effective_batch_size`"
+            )
+        steps[step] = fraction
+    return steps
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def use_bf16(settings: TrainSettings) -> bool:
+    import torch
+
+    if settings.precision == "fp32":
+        return False
+    supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if settings.precision == "bf16" and not supported:
+        raise ParamError("params.yaml: `train.precision` is bf16 but this machine has no bf16 GPU")
+    return supported
+
+
+# --------------------------------------------------------------------------------------------
+# Data in TRL's conversational formats
+
+
+def sft_rows(pairs: Sequence[TranslationPair]) -> list[dict[str, Any]]:
+    """Prompt-completion rows: TRL puts the loss on the completion (assistant) tokens only."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": p.source_text}],
+            "completion": [{"role": "assistant", "content": p.chosen}],
+        }
+        for p in pairs
+    ]
+
+
+def dpo_rows(pairs: Sequence[TranslationPair]) -> list[dict[str, Any]]:
+    return [
+        {
+            "prompt": [{"role": "user", "content": p.source_text}],
+            "chosen": [{"role": "assistant", "content": p.chosen}],
+            "rejected": [{"role": "assistant", "content": p.rejected}],
+        }
+        for p in pairs
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def load_training_model(base_dir: Path, settings: TrainSettings, bf16: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {}
+    if settings.method == "qlora":
+        if not cuda_available():
+            raise RuntimeError(
+                "qlora needs a CUDA GPU: bitsandbytes' 4-bit NF4 layers do not train on this "
+                "machine's CPU. Leave `qlora` out of `grid.methods` here, or run on a GPU."
+            )
+        from transformers import BitsAndBytesConfig
+
+        quant = settings.quantization or {}
+        compute_dtype = getattr(torch, quant.get("compute_dtype", "bfloat16"))
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant.get("quant_type", "nf4"),
+            bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+        kwargs["dtype"] = compute_dtype
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    elif settings.method == "lora":
+        # The base weights are frozen: keep them in the compute dtype. PEFT keeps the adapter
+        # weights in float32, which is what the optimizer updates.
+        kwargs["dtype"] = torch.bfloat16 if bf16 else torch.float32
+    else:
+        kwargs["dtype"] = getattr(torch, settings.master_dtype)
+    if torch.cuda.is_available():
+        kwargs.setdefault("attn_implementation", "sdpa")
+    return AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+
+
+def check_target_modules(model, settings: TrainSettings) -> None:
+    if settings.lora is None:
+        return
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in settings.lora.target_modules if m not in leaf_names]
+    if missing:
+        linear = sorted(
+            {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if type(m).__name__.endswith("Linear")}
+        )
+        raise ParamError(
+            f"params.yaml: `methods.{settings.method}.lora.target_modules` names {missing}, which "
+            f"the model does not have (its linear layers: {', '.join(linear)})"
+        )
+
+
+def peft_config(settings: TrainSettings):
+    from peft import LoraConfig
+
+    assert settings.lora is not None
+    return LoraConfig(
+        r=settings.lora.r,
+        lora_alpha=settings.lora.alpha,
+        lora_dropout=settings.lora.dropout,
+        target_modules=list(settings.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer
+
+
+def trainer_arguments(settings: TrainSettings, output_dir: Path, bf16: bool) -> dict[str, Any]:
+    """TrainingArguments shared by the SFT and DPO configs."""
+    return {
+        "output_dir": str(output_dir),
+        "num_train_epochs": settings.epochs,
+        "per_device_train_batch_size": settings.per_device_batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "learning_rate": settings.learning_rate,
+        "lr_scheduler_type": settings.lr_scheduler,
+        "warmup_steps": settings.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        "weight_decay": settings.weight_decay,
+        "optim": settings.optimizer,
+        "bf16": bf16,
+        "fp16": False,
+        "seed": settings.seed,
+        "data_seed": settings.seed,
+        "logging_steps": 1,
+        "save_strategy": "no",  # checkpoints are written by CheckpointWriter, as safetensors
+        "report_to": "none",  # metrics go to the stage's own MLflow run
+        "gradient_checkpointing": settings.gradient_checkpointing,
+        "max_length": settings.max_length,
+        "dataloader_num_workers": 0,
+        "remove_unused_columns": True,
+        "disable_tqdm": False,
+    }
+
+
+def build_trainer(settings: TrainSettings, base_dir: Path, pairs: Sequence[TranslationPair], work_dir: Path):
+    import datasets
+
+    bf16 = use_bf16(settings)
+    model = load_training_model(base_dir, settings, bf16)
+    check_target_modules(model, settings)
+    from safetydrift.models import load_tokenizer
+
+    tokenizer = load_tokenizer(base_dir)
+    common = trainer_arguments(settings, work_dir, bf16)
+    peft = peft_config(settings) if settings.lora else None
+    if settings.trainer == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        config = DPOConfig(**common, beta=settings.beta, padding_free=settings.padding_free)
+        dataset = datasets.Dataset.from_list(dpo_rows(pairs))
+        return DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    from trl import SFTConfig, SFTTrainer
+
+    config = SFTConfig(
+        **common,
+        completion_only_loss=True,
+        padding_free=settings.padding_free,
+        packing=False,  # packing would change how many examples make a step
+    )
+    dataset = datasets.Dataset.from_list(sft_rows(pairs))
+    return SFTTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft
+    )
+
+
+def peak_memory_bytes() -> int | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
+def make_recorder(settings: TrainSettings, steps: dict[int, float], out_dir: Path, tracker):
+    """A TrainerCallback that writes the checkpoints and sends step metrics to MLflow."""
+    from transformers import TrainerCallback
+
+    class TrainingRecorder(TrainerCallback):
+        """Checkpoints at the study's fractions (adapters alone for LoRA; safetensors), and
+        per-step loss, learning rate and gradient norm, sent to MLflow in one batch a checkpoint.
+
+        It works on `on_log`, which `logging_steps=1` makes fire after every optimizer step with
+        that step's loss, so each checkpoint's record holds the loss of its own step.
+        """
+
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+            self.pending: list[tuple[int, dict[str, float]]] = []
+            self.written: list[dict[str, Any]] = []
+
+        def on_log(self, args, state, control, logs=None, model=None, processing_class=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            metrics = {k: logs[k] for k in ("loss", "learning_rate", "grad_norm") if k in logs}
+            metrics.update({k: v for k, v in logs.items() if k.startswith(("rewards/", "logps/"))})
+            if "loss" in metrics:
+                self.losses.append(float(metrics["loss"]))
+            if metrics:
+                self.pending.append((state.global_step, metrics))
+            if state.global_step in steps and state.global_step not in self.written_steps:
+                self.write(state, model, processing_class)
+                self.flush()
+
+        @property
+        def written_steps(self) -> set[int]:
+            return {record["step"] for record in self.written}
+
+        def write(self, state, model, tokenizer) -> None:
+            fraction = steps[state.global_step]
+            path = out_dir / checkpoint_label(fraction)
+            model.save_pretrained(path, safe_serialization=True)
+            if settings.lora is None and tokenizer is not None:
+                tokenizer.save_pretrained(path)
+            previous = self.written[-1]["step"] if self.written else 0
+            recent = self.losses[-(state.global_step - previous) :]
+            record = {
+                "method": settings.method,
+                "learning_rate": settings.learning_rate,
+                "step": state.global_step,
+                "fraction": fraction,
+                "total_steps": state.max_steps,
+                "loss": recent[-1] if recent else None,
+                "mean_loss_since_previous_checkpoint": sum(recent) / len(recent) if recent else None,
+                "weights": "adapter" if settings.lora else "full",
+            }
+            write_json(path / CHECKPOINT_INFO_FILE, record)
+            self.written.append(record)
+
+        def flush(self) -> None:
+            if tracker is not None:
+                for step, metrics in self.pending:
+                    tracker.log_metrics(metrics, step=step)
+            self.pending.clear()
+
+    return TrainingRecorder()
+
+
+@dataclass
+class TrainResult:
+    cell: str
+    steps: int
+    examples: int
+    train_seconds: float
+    examples_per_second: float
+    tokens_per_second: float | None
+    peak_memory_bytes: int | None
+    checkpoints: list[dict[str, Any]]
+    final_loss: float | None
+
+
+def train_cell(
+    settings: TrainSettings,
+    base_dir: Path,
+    pairs: Sequence[TranslationPair],
+    out_dir: Path,
+    work_dir: Path,
+    tracker=None,
+) -> TrainResult:
+    """Train one grid cell and write its checkpoints under `out_dir` (a fresh directory)."""
+    import torch
+
+    n_steps = total_steps(len(pairs), settings)
+    steps = checkpoint_steps(n_steps, settings.checkpoint_fractions)
+    if settings.method == "qlora" and not cuda_available():
+        load_training_model(base_dir, settings, bf16=False)  # raises the clear error, early
+    torch.manual_seed(settings.seed)
+    trainer = build_trainer(settings, base_dir, pairs, work_dir)
+    recorder = make_recorder(settings, steps, out_dir, tracker)
+    trainer.add_callback(recorder)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    recorder.flush()
+    if len(recorder.written) != len(steps):
+        raise RuntimeError(
+            f"training ran {trainer.state.global_step} steps but wrote checkpoints at "
+            f"{[w['step'] for w in recorder.written]}, not at {sorted(steps)}"
+        )
+    tokens = getattr(trainer, "_total_train_tokens", None)
+    result = TrainResult(
+        cell=Cell(settings.method, settings.learning_rate).name,
+        steps=trainer.state.global_step,
+        examples=len(pairs),
+        train_seconds=seconds,
+        examples_per_second=len(pairs) * math.ceil(settings.epochs) / seconds,
+        tokens_per_second=(tokens / seconds) if tokens else None,
+        peak_memory_bytes=peak_memory_bytes(),
+        checkpoints=recorder.written,
+        final_loss=output.training_loss,
+    )
+    return result

@@ -1,0 +1,199 @@
+"""The base chat model: resolving `model.source` into `models/base/`, and loading models back.
+
+`model.source` is one of: a hub id (pinned by `model.revision`), a local Hugging Face directory,
+or a `.gguf` file (dequantized by transformers). With `model.init: random` the weights are
+initialised from the source's config with `model.seed` instead of loaded: the smoke preset's
+tiny model, which needs no download.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetydrift.io import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
+
+MODEL_INFO_FILE = "safetydrift_model.json"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ModelError(ValueError):
+    """A model that cannot be used as the study's base model, named by path or parameter."""
+
+
+@dataclass
+class ModelSpec:
+    source: str
+    revision: str | None = None
+    init: str = "pretrained"  # or "random"
+    seed: int = 0
+    dtype: str = "bfloat16"
+    chat_template: str | None = None
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_params(cls, model: dict[str, Any]) -> ModelSpec:
+        spec = cls(
+            source=str(model["source"]),
+            revision=model.get("revision"),
+            init=model.get("init", "pretrained"),
+            seed=int(model.get("seed", 0)),
+            dtype=model.get("dtype", "bfloat16"),
+            chat_template=model.get("chat_template"),
+            trust_remote_code=bool(model.get("trust_remote_code", False)),
+        )
+        if spec.init not in ("pretrained", "random"):
+            raise ModelError(f"params.yaml: `model.init` must be pretrained or random, got {spec.init!r}")
+        if spec.dtype not in DTYPES:
+            raise ModelError(f"params.yaml: `model.dtype` must be one of {DTYPES}, got {spec.dtype!r}")
+        return spec
+
+    @property
+    def kind(self) -> str:
+        if self.source.endswith(".gguf"):
+            return "gguf"
+        path = Path(self.source).expanduser()
+        if path.exists() or self.source.startswith(("/", "./", "../", "~")):
+            return "local"
+        return "hub"
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _read_chat_template(value: str) -> str:
+    path = Path(value)
+    if value.endswith((".jinja", ".j2", ".txt")):
+        if not path.exists():
+            raise ModelError(f"params.yaml: `model.chat_template` file {path} does not exist")
+        return path.read_text(encoding="utf-8")
+    return value
+
+
+def load_source(spec: ModelSpec):
+    """(model, tokenizer, provenance) from the source, before anything is written."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kind = spec.kind
+    info: dict[str, Any] = {"source": spec.source, "kind": kind, "init": spec.init, "dtype": spec.dtype}
+    common = {"trust_remote_code": spec.trust_remote_code}
+    if kind == "gguf":
+        path = Path(spec.source).expanduser()
+        if not path.exists():
+            raise ModelError(f"params.yaml: `model.source` {path} does not exist")
+        from safetydrift.data import sha256_file
+
+        info["sha256"] = sha256_file(path)
+        location, common["gguf_file"] = str(path.parent), path.name
+    elif kind == "local":
+        path = Path(spec.source).expanduser()
+        if not (path / "config.json").exists():
+            raise ModelError(
+                f"params.yaml: `model.source` {path} is not a Hugging Face model directory "
+                "(no config.json)"
+            )
+        location = str(path)
+    else:
+        location = spec.source
+        common["revision"] = spec.revision
+        info["revision"] = spec.revision or "main"
+        info["resolved_revision"] = _resolve_model_revision(spec.source, spec.revision)
+
+    tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    if spec.chat_template:
+        tokenizer.chat_template = _read_chat_template(spec.chat_template)
+    if not tokenizer.chat_template:
+        raise ModelError(
+            f"{spec.source}: the tokenizer has no chat template; give one in `model.chat_template` "
+            "(a Jinja string or a .jinja file)"
+        )
+    if spec.init == "random":
+        import torch
+
+        config = AutoConfig.from_pretrained(location, **common)
+        torch.manual_seed(spec.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(spec.dtype))
+        info["seed"] = spec.seed
+    else:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(spec.dtype), **common)
+    if kind == "gguf":
+        # transformers marks a GGUF-loaded model as quantized although its weights are now plain
+        # tensors; without clearing that, save_pretrained refuses to write it.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    if tokenizer.pad_token is None:
+        # Batched generation pads on the left; the end-of-sequence token is never attended to.
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, info
+
+
+def _resolve_model_revision(hub_id: str, revision: str | None) -> str | None:
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(hub_id, revision=revision).sha
+    except Exception as error:  # offline or gated: the requested revision is still recorded
+        log.warning("could not resolve the revision of %s (%s)", hub_id, error)
+        return None
+
+
+def prepare_model(spec: ModelSpec, out_dir: Path) -> dict[str, Any]:
+    """Write the base model as safetensors with its tokenizer and chat template."""
+    model, tokenizer, info = load_source(spec)
+    info["parameters"] = sum(p.numel() for p in model.parameters())
+    info["architecture"] = type(model).__name__
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / MODEL_INFO_FILE, info)
+    return info
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str | Path, dtype: str = "bfloat16", device: str | None = None, **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), **kwargs)
+    if device:
+        model.to(device)
+    return model
+
+
+def checkpoint_kind(path: Path) -> str:
+    """`adapter` (PEFT weights only) or `model` (full weights); anything else is an error."""
+    if (path / "adapter_config.json").exists() and (path / "adapter_model.safetensors").exists():
+        return "adapter"
+    if (path / "config.json").exists() and any(path.glob("*.safetensors")):
+        return "model"
+    raise ModelError(
+        f"{path}: holds neither a model (config.json + *.safetensors) nor a PEFT adapter "
+        "(adapter_config.json + adapter_model.safetensors)"
+    )
+
+
+def read_model_info(path: Path) -> dict[str, Any]:
+    info = path / MODEL_INFO_FILE
+    return json.loads(info.read_text(encoding="utf-8")) if info.exists() else {}
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,97 @@
+"""Loading and validating `params.yaml`, and switching presets.
+
+Stages read the whole file but use (and declare to DVC) only their own keys, so a value read
+here is always one that the stage's `params:` list in dvc.yaml names.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS_DIR = "presets"
+PARAMS_FILE = "params.yaml"
+
+
+class ParamError(ValueError):
+    """A parameter is missing or holds a value the pipeline cannot use."""
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ParamError(f"{path}: no such params file (run `safetydrift preset NAME` first)")
+    with path.open(encoding="utf-8") as handle:
+        params = yaml.safe_load(handle)
+    if not isinstance(params, dict):
+        raise ParamError(f"{path}: expected a YAML mapping at the top level")
+    return params
+
+
+def get(params: Mapping[str, Any], dotted_key: str, default: Any = ...) -> Any:
+    """`get(params, "train.seed")`; a missing key without a default is a named error."""
+    node: Any = params
+    for part in dotted_key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            if default is ...:
+                raise ParamError(f"params.yaml: missing key `{dotted_key}`")
+            return default
+        node = node[part]
+    return node
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys, as MLflow and DVC show them."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def select(params: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The sub-tree of `params` under each dotted key, flattened: what a stage declared it reads."""
+    selected: dict[str, Any] = {}
+    for key in keys:
+        value = get(params, key)
+        if isinstance(value, Mapping):
+            selected.update(flatten(value, f"{key}."))
+        else:
+            selected[key] = value
+    return selected
+
+
+def available_presets(root: str | Path = ".") -> list[str]:
+    return sorted(p.stem for p in (Path(root) / PRESETS_DIR).glob("*.yaml"))
+
+
+def apply_preset(name: str, root: str | Path = ".") -> Path:
+    """Make `params.yaml` a copy of `presets/NAME.yaml` (its comments included)."""
+    root = Path(root)
+    source = root / PRESETS_DIR / f"{name}.yaml"
+    if not source.exists():
+        known = ", ".join(available_presets(root)) or "none"
+        raise ParamError(f"unknown preset `{name}`: no {source} (known presets: {known})")
+    load_params(source)  # refuse to install a preset that is not valid YAML
+    target = root / PARAMS_FILE
+    tmp = target.with_suffix(".yaml.tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+    return target
+
+
+def positive_float(value: Any, key: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParamError(f"params.yaml: `{key}` must be a number, got {value!r}") from None
+    if not number > 0:
+        raise ParamError(f"params.yaml: `{key}` must be > 0, got {value!r}")
+    return number

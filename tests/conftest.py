@@ -1,0 +1,67 @@
+"""Shared fixtures: the repository's own fixture data and a tiny random chat model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TINY_MODEL = FIXTURES / "tiny-chat-model"
+LANGUAGES = ["german", "italian", "french", "portuguese", "spanish"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(tmp_path_factory, monkeypatch):
+    """Every test tracks into its own SQLite store unless it sets MLFLOW_TRACKING_URI itself."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory) -> Path:
+    from safetydrift.models import ModelSpec, prepare_model
+
+    out = tmp_path_factory.mktemp("models") / "base"
+    prepare_model(ModelSpec(source=str(TINY_MODEL), init="random", dtype="float32"), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_mtpref(tmp_path_factory) -> Path:
+    from safetydrift.data import Source, prepare_mtpref
+
+    out = tmp_path_factory.mktemp("mtpref")
+    prepare_mtpref(Source(str(FIXTURES / "mtpref-tiny.jsonl")), "train", LANGUAGES, "english", 0.167, 42, out)
+    return out
+
+
+def copy_project(destination: Path) -> Path:
+    """A fresh git + DVC checkout of this project's pipeline files, for `dvc repro` tests."""
+    for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
+        shutil.copy(ROOT / name, destination / name)
+    for name in ("stages", "presets", "src", "tests/fixtures"):
+        shutil.copytree(ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / ".gitignore", destination / ".gitignore")
+    run = lambda *cmd: subprocess.run(cmd, cwd=destination, check=True, capture_output=True)  # noqa: E731
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "test@example.com")
+    run("git", "config", "user.name", "test")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "project")
+    return destination
+
+
+def stage_env() -> dict[str, str]:
+    """Environment for stage subprocesses: this interpreter's tools first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env

@@ -1,0 +1,144 @@
+"""Each method on a tiny random model, on the CPU, through the real TRL and PEFT trainers."""
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, copy_project, stage_env
+from safetensors.torch import load_file
+
+from safetydrift.data import TranslationPair, read_pairs
+from safetydrift.methods import checkpoint_steps, total_steps, train_cell, train_settings
+from safetydrift.params import ParamError
+
+PARAMS = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
+
+
+def params_with(**train_overrides):
+    params = copy.deepcopy(PARAMS)
+    params["train"].update(train_overrides)
+    return params
+
+
+def train(method, pairs, base_model_dir, tmp_path, lr=1e-3, **overrides):
+    settings = train_settings(params_with(**overrides), method, lr)
+    return train_cell(settings, base_model_dir, pairs, tmp_path / method, tmp_path / "work")
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "dpo"])
+def test_each_method_writes_four_checkpoints(method, base_model_dir, prepared_mtpref, tmp_path):
+    pairs = read_pairs(prepared_mtpref / "train.jsonl")
+    result = train(method, pairs, base_model_dir, tmp_path)
+    assert result.steps == 10  # 20 rows at an effective batch of 2
+    assert [c["step"] for c in result.checkpoints] == [3, 5, 8, 10]
+    labels = sorted(p.name for p in (tmp_path / method).iterdir())
+    assert labels == ["ckpt-025", "ckpt-050", "ckpt-075", "ckpt-100"]
+    for checkpoint in result.checkpoints:
+        assert checkpoint["loss"] is not None and checkpoint["learning_rate"] == 1e-3
+    files = {p.name for p in (tmp_path / method / "ckpt-050").iterdir()}
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
+    if method == "lora":
+        weights = load_file(tmp_path / method / "ckpt-050" / "adapter_model.safetensors")
+        assert weights and all("lora_A" in k or "lora_B" in k for k in weights)
+        assert {k.split(".")[-3] for k in weights} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+        assert "model.safetensors" not in files
+    else:
+        assert "model.safetensors" in files and "adapter_model.safetensors" not in files
+
+
+def test_checkpoints_follow_the_papers_rounding():
+    assert checkpoint_steps(591, [0.25, 0.5, 0.75, 1.0]) == {148: 0.25, 296: 0.5, 444: 0.75, 591: 1.0}
+    with pytest.raises(ParamError, match="too few for checkpoints"):
+        checkpoint_steps(3, [0.25, 0.5, 0.75, 1.0])
+
+
+def test_loss_falls_on_a_set_it_can_overfit(base_model_dir, tmp_path):
+    pair = TranslationPair("german", "Der Hund schläft.", "The dog sleeps.", "Dog sleep.")
+    result = train("full", [pair] * 64, base_model_dir, tmp_path, lr=1e-2, warmup_ratio=0.0)
+    losses = [c["loss"] for c in result.checkpoints]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_dpo_uses_the_rejected_answers(base_model_dir, tmp_path):
+    same = [TranslationPair("german", f"Satz {i}.", f"Sentence {i}.", f"Sentence {i}.") for i in range(8)]
+    different = [TranslationPair(p.source_language, p.source_text, p.chosen, "Nonsense words here.") for p in same]
+    # With rejected == chosen the DPO margin is 0 for every pair, so the loss is log 2 at every
+    # step whatever the weights are; real rejected answers give a margin, and the loss moves.
+    unchanged = train("dpo", same, base_model_dir, tmp_path / "same", warmup_ratio=0.0)
+    assert all(abs(c["loss"] - 0.693147) < 1e-5 for c in unchanged.checkpoints)
+    moved = train("dpo", different, base_model_dir, tmp_path / "different", warmup_ratio=0.0)
+    assert all(abs(c["loss"] - 0.693147) > 1e-4 for c in moved.checkpoints[1:])
+
+
+def test_bad_settings_fail_before_training(base_model_dir, tmp_path):
+    with pytest.raises(ParamError, match="unknown method `sgd`"):
+        train_settings(PARAMS, "sgd", 1e-4)
+    with pytest.raises(ParamError, match="must be > 0"):
+        train_settings(PARAMS, "lora", 0)
+    with pytest.raises(ParamError, match=r"effective_batch_size` \(8\) is not a multiple .* \(3\)"):
+        train_settings(params_with(effective_batch_size=8, per_device_batch_size=3), "full", 1e-4)
+    pairs = [TranslationPair("german", "a", "b", "c")] * 2
+    with pytest.raises(ParamError, match="too few for checkpoints"):
+        train("full", pairs, base_model_dir, tmp_path)
+    params = copy.deepcopy(PARAMS)
+    params["methods"]["lora"]["lora"]["target_modules"] = ["query_key_value"]
+    settings = train_settings(params, "lora", 1e-3)
+    with pytest.raises(ParamError, match=r"\['query_key_value'\], which the model does not have"):
+        train_cell(settings, base_model_dir, pairs * 8, tmp_path / "x", tmp_path / "work")
+    assert not (tmp_path / "x").exists()
+
+
+def test_qlora_without_cuda_fails_with_a_clear_message(base_model_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: QLoRA runs")
+    pairs = [TranslationPair("german", "a", "b", "c")] * 16
+    with pytest.raises(RuntimeError, match="qlora needs a CUDA GPU"):
+        train("qlora", pairs, base_model_dir, tmp_path)
+
+
+def test_total_steps_counts_the_last_partial_batch():
+    settings = train_settings(PARAMS, "full", 1e-4)
+    assert total_steps(21, settings) == 11
+
+
+def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
+    """SIGKILL in the middle of training: no output DVC would take as done; a rerun completes."""
+    project = copy_project(tmp_path)
+    params = yaml.safe_load((project / "presets" / "smoke.yaml").read_text())
+    params["data"]["mtpref"]["source"] = str(project / "big.jsonl")
+    fixture = (project / "tests" / "fixtures" / "mtpref-tiny.jsonl").read_text()
+    (project / "big.jsonl").write_text(fixture * 40)  # enough steps to be caught halfway
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    env = stage_env()
+    for stage in ("prepare_mtpref", "prepare_model"):
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", stage], cwd=project, env=env, check=True)
+    lr = params["grid"]["learning_rates"][0]
+    stage = f"train@full-{lr}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "-q", "--single-item", stage],
+        cwd=project, env=env, start_new_session=True,
+    )
+    deadline = time.time() + 240
+    output = project / "models" / f"full-{lr}"
+    while not list((project / "models").glob(f".full-{lr}.*.partial/ckpt-025/checkpoint.json")):
+        assert process.poll() is None, "training finished before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not output.exists()
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", stage], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert stage in status.stdout  # DVC does not take the stage as done
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", "--single-item", stage], cwd=project, env=env, check=True)
+    assert sorted(p.name for p in output.iterdir() if p.is_dir()) == ["ckpt-025", "ckpt-050", "ckpt-075", "ckpt-100"]
+    assert not list(Path(project / "models").glob("*.partial"))
