@@ -38,7 +38,9 @@ def prepared_mtpref(tmp_path_factory) -> Path:
     from safetydrift.data import Source, prepare_mtpref
 
     out = tmp_path_factory.mktemp("mtpref")
-    prepare_mtpref(Source(str(FIXTURES / "mtpref-tiny.jsonl")), "train", LANGUAGES, "english", 0.167, 42, out)
+    prepare_mtpref(
+        Source(str(FIXTURES / "mtpref-tiny.jsonl")), "train", LANGUAGES, "english", 0.167, 42, out
+    )
     return out
 
 
@@ -47,7 +49,9 @@ def copy_project(destination: Path) -> Path:
     for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, destination / name)
     for name in ("stages", "presets", "src", "tests/fixtures"):
-        shutil.copytree(ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
     shutil.copy(ROOT / ".gitignore", destination / ".gitignore")
     run = lambda *cmd: subprocess.run(cmd, cwd=destination, check=True, capture_output=True)  # noqa: E731
     run("git", "init", "-q")

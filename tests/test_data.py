@@ -20,13 +20,21 @@ TOWER = (
 
 
 def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     return path
 
 
 def mtpref(tmp_path, source, **overrides):
-    args = {"split": "train", "languages": LANGUAGES, "target_language": "english",
-            "test_ratio": 0.167, "seed": 42, "out_dir": tmp_path / "out"}
+    args = {
+        "split": "train",
+        "languages": LANGUAGES,
+        "target_language": "english",
+        "test_ratio": 0.167,
+        "seed": 42,
+        "out_dir": tmp_path / "out",
+    }
     args.update(overrides)
     return prepare_mtpref(Source(str(source)), **args)
 
@@ -41,7 +49,10 @@ def test_fixture_split_per_language_with_counted_drops(tmp_path):
     stats = mtpref(tmp_path, FIXTURES / "mtpref-tiny.jsonl")
     assert stats["rows_read"] == 33
     assert stats["rows_kept"] == 30
-    assert stats["dropped_by_reason"] == {"source_language_not_selected": 2, "target_not_selected": 1}
+    assert stats["dropped_by_reason"] == {
+        "source_language_not_selected": 2,
+        "target_not_selected": 1,
+    }
     assert stats["dropped_by_language"] == {"dutch": 2, "english": 1}
     # datasets' train_test_split rounds the test share up: ceil(6 * 0.167) = 2 per language
     assert stats["test_by_language"] == dict.fromkeys(sorted(LANGUAGES), 2)
@@ -49,10 +60,14 @@ def test_fixture_split_per_language_with_counted_drops(tmp_path):
     test = read_pairs(tmp_path / "out" / "test.jsonl")
     assert len(train) == 20 and len(test) == 10
     assert not {p.source_text for p in train} & {p.source_text for p in test}
-    assert all("<|im_start|>" not in p.source_text and "Translate" not in p.source_text for p in train)
+    assert all(
+        "<|im_start|>" not in p.source_text and "Translate" not in p.source_text for p in train
+    )
     # the split is a pure function of the seed
     again = mtpref(tmp_path, FIXTURES / "mtpref-tiny.jsonl", out_dir=tmp_path / "again")
-    assert (tmp_path / "again" / "test.jsonl").read_bytes() == (tmp_path / "out" / "test.jsonl").read_bytes()
+    assert (tmp_path / "again" / "test.jsonl").read_bytes() == (
+        tmp_path / "out" / "test.jsonl"
+    ).read_bytes()
     assert again["sha256"] == stats["sha256"]
 
 
@@ -68,7 +83,9 @@ def test_standin_prepares_about_five_thousand_rows(tmp_path):
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside this checkout")
 def test_standin_advbench_has_520_prompts(tmp_path):
-    stats = prepare_advbench(Source(str(SHARED_DATA / "advbench_harmful_behaviors.csv")), tmp_path / "a.jsonl")
+    stats = prepare_advbench(
+        Source(str(SHARED_DATA / "advbench_harmful_behaviors.csv")), tmp_path / "a.jsonl"
+    )
     rows = read_advbench(tmp_path / "a.jsonl")
     assert stats["rows"] == len(rows) == 520
     assert stats["column"] == "goal"
@@ -83,7 +100,9 @@ def test_advbench_hub_style_prompt_column(tmp_path):
 
 def test_advbench_errors_name_the_file_and_row(tmp_path):
     (tmp_path / "bad.csv").write_text("request\nx\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad\.csv: expected a column `prompt` or `goal` \(present: request\)"):
+    with pytest.raises(
+        DataError, match=r"bad\.csv: expected a column `prompt` or `goal` \(present: request\)"
+    ):
         prepare_advbench(Source(str(tmp_path / "bad.csv")), tmp_path / "a.jsonl")
     (tmp_path / "empty.csv").write_text('goal\nfine\n""\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"empty\.csv, row 2: empty `goal`"):
@@ -92,14 +111,17 @@ def test_advbench_errors_name_the_file_and_row(tmp_path):
 
 
 def test_missing_columns_are_named(tmp_path):
-    source = write_jsonl(tmp_path / "m.jsonl", [{"prompt": TOWER.format(text="Hallo"), "chosen": "Hi"}])
+    source = write_jsonl(
+        tmp_path / "m.jsonl", [{"prompt": TOWER.format(text="Hallo"), "chosen": "Hi"}]
+    )
     with pytest.raises(DataError, match=r"m\.jsonl: missing column\(s\) rejected"):
         mtpref(tmp_path, source)
 
 
 def test_nothing_left_after_filtering_names_the_params(tmp_path):
     source = write_jsonl(
-        tmp_path / "m.jsonl", [{"prompt": TOWER.format(text="Hallo"), "chosen": "Hi", "rejected": "Ho"}]
+        tmp_path / "m.jsonl",
+        [{"prompt": TOWER.format(text="Hallo"), "chosen": "Hi", "rejected": "Ho"}],
     )
     with pytest.raises(DataError, match=r"nothing left .*`data\.mtpref\.languages`"):
         mtpref(tmp_path, source, languages=["french"])
@@ -119,7 +141,11 @@ def test_undecodable_rows_name_the_line(tmp_path):
 
 def test_unextractable_prompts_are_counted_and_all_bad_is_an_error(tmp_path):
     good = {"prompt": TOWER.format(text="Hallo Welt"), "chosen": "Hello world", "rejected": "Hi"}
-    rows = [good, {**good, "prompt": "Please translate: Hallo"}, {**good, "prompt": TOWER.format(text="Tschüss")}]
+    rows = [
+        good,
+        {**good, "prompt": "Please translate: Hallo"},
+        {**good, "prompt": TOWER.format(text="Tschüss")},
+    ]
     stats = mtpref(tmp_path, write_jsonl(tmp_path / "m.jsonl", rows), languages=["german"])
     assert stats["dropped_by_reason"] == {"prompt_not_in_tower_format": 1}
     with pytest.raises(DataError, match=r"no prompt is in the Tower form"):

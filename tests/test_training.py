@@ -53,7 +53,12 @@ def test_each_method_writes_four_checkpoints(method, base_model_dir, prepared_mt
 
 
 def test_checkpoints_follow_the_papers_rounding():
-    assert checkpoint_steps(591, [0.25, 0.5, 0.75, 1.0]) == {148: 0.25, 296: 0.5, 444: 0.75, 591: 1.0}
+    assert checkpoint_steps(591, [0.25, 0.5, 0.75, 1.0]) == {
+        148: 0.25,
+        296: 0.5,
+        444: 0.75,
+        591: 1.0,
+    }
     with pytest.raises(ParamError, match="too few for checkpoints"):
         checkpoint_steps(3, [0.25, 0.5, 0.75, 1.0])
 
@@ -66,8 +71,14 @@ def test_loss_falls_on_a_set_it_can_overfit(base_model_dir, tmp_path):
 
 
 def test_dpo_uses_the_rejected_answers(base_model_dir, tmp_path):
-    same = [TranslationPair("german", f"Satz {i}.", f"Sentence {i}.", f"Sentence {i}.") for i in range(8)]
-    different = [TranslationPair(p.source_language, p.source_text, p.chosen, "Nonsense words here.") for p in same]
+    same = [
+        TranslationPair("german", f"Satz {i}.", f"Sentence {i}.", f"Sentence {i}.")
+        for i in range(8)
+    ]
+    different = [
+        TranslationPair(p.source_language, p.source_text, p.chosen, "Nonsense words here.")
+        for p in same
+    ]
     # With rejected == chosen the DPO margin is 0 for every pair, so the loss is log 2 at every
     # step whatever the weights are; real rejected answers give a margin, and the loss moves.
     unchanged = train("dpo", same, base_model_dir, tmp_path / "same", warmup_ratio=0.0)
@@ -119,12 +130,16 @@ def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     env = stage_env()
     for stage in ("prepare_mtpref", "prepare_model"):
-        subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", stage], cwd=project, env=env, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", "-q", stage], cwd=project, env=env, check=True
+        )
     lr = params["grid"]["learning_rates"][0]
     stage = f"train@full-{lr}"
     process = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "-q", "--single-item", stage],
-        cwd=project, env=env, start_new_session=True,
+        cwd=project,
+        env=env,
+        start_new_session=True,
     )
     deadline = time.time() + 240
     output = project / "models" / f"full-{lr}"
@@ -136,9 +151,23 @@ def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
     process.wait()
     assert not output.exists()
     status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", stage], cwd=project, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "dvc", "status", stage],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert stage in status.stdout  # DVC does not take the stage as done
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", "--single-item", stage], cwd=project, env=env, check=True)
-    assert sorted(p.name for p in output.iterdir() if p.is_dir()) == ["ckpt-025", "ckpt-050", "ckpt-075", "ckpt-100"]
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "-q", "--single-item", stage],
+        cwd=project,
+        env=env,
+        check=True,
+    )
+    assert sorted(p.name for p in output.iterdir() if p.is_dir()) == [
+        "ckpt-025",
+        "ckpt-050",
+        "ckpt-075",
+        "ckpt-100",
+    ]
     assert not list(Path(project / "models").glob("*.partial"))

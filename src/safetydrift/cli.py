@@ -69,8 +69,8 @@ def _chrf(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from safetydrift.pipeline import report
     from safetydrift.params import load_params
+    from safetydrift.pipeline import report
 
     result = report(load_params(args.params))
     if result.missing_cells:
@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     judge = commands.add_parser("judge", help="judge saved responses for refusal (no model)")
     judge.add_argument("file", help="a .jsonl or .csv file of responses")
     judge.add_argument(
-        "--judge", action="append", required=True, choices=judge_names(),
+        "--judge",
+        action="append",
+        required=True,
+        choices=judge_names(),
         help="judge name; repeat for several",
     )
     judge.add_argument("--prompt-column", default="prompt")

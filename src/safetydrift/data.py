@@ -123,7 +123,8 @@ def require_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], w
     missing = [c for c in columns if c not in present]
     if missing:
         raise DataError(
-            f"{where}: missing column(s) {', '.join(missing)} (present: {', '.join(sorted(present))})"
+            f"{where}: missing column(s) {', '.join(missing)} "
+            f"(present: {', '.join(sorted(present))})"
         )
 
 
@@ -228,7 +229,9 @@ def split_per_language(
     import datasets
 
     if not 0 < test_ratio < 1:
-        raise DataError(f"params.yaml: `data.mtpref.test_ratio` must be in (0, 1), got {test_ratio}")
+        raise DataError(
+            f"params.yaml: `data.mtpref.test_ratio` must be in (0, 1), got {test_ratio}"
+        )
     train: list[TranslationPair] = []
     test: list[TranslationPair] = []
     for language in (language.lower() for language in languages):
@@ -263,9 +266,9 @@ def prepare_mtpref(
     train, test = split_per_language(pairs, languages, test_ratio, seed)
     summary = {
         **source.describe(),
-        "resolved_revision": None if source.is_local else resolve_hub_revision(
-            source.location, source.revision
-        ),
+        "resolved_revision": None
+        if source.is_local
+        else resolve_hub_revision(source.location, source.revision),
         "split": split,
         "rows_read": stats.rows_read,
         "rows_kept": stats.kept,
@@ -289,7 +292,9 @@ def prepare_mtpref(
 def read_pairs(path: Path) -> list[TranslationPair]:
     rows = read_jsonl(path)
     require_columns(rows, ("source_language", "source_text", "chosen", "rejected"), str(path))
-    return [TranslationPair(**{k: row[k] for k in TranslationPair.__dataclass_fields__}) for row in rows]
+    return [
+        TranslationPair(**{k: row[k] for k in TranslationPair.__dataclass_fields__}) for row in rows
+    ]
 
 
 # --------------------------------------------------------------------------------------------

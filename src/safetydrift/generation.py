@@ -36,11 +36,22 @@ class GenerationSettings:
 
     @classmethod
     def from_params(cls, values: dict[str, Any]) -> GenerationSettings:
-        settings = cls(**{k: values[k] for k in ("backend", "max_new_tokens", "batch_size", "dtype") if k in values})
+        settings = cls(
+            **{
+                k: values[k]
+                for k in ("backend", "max_new_tokens", "batch_size", "dtype")
+                if k in values
+            }
+        )
         if settings.backend not in BACKENDS:
-            raise ParamError(f"params.yaml: `generation.backend` must be one of {BACKENDS}, got {settings.backend!r}")
+            raise ParamError(
+                f"params.yaml: `generation.backend` must be one of {BACKENDS}, "
+                f"got {settings.backend!r}"
+            )
         if settings.max_new_tokens <= 0 or settings.batch_size <= 0:
-            raise ParamError("params.yaml: `generation.max_new_tokens` and `generation.batch_size` must be > 0")
+            raise ParamError(
+                "params.yaml: `generation.max_new_tokens` and `generation.batch_size` must be > 0"
+            )
         return settings
 
 
@@ -148,10 +159,16 @@ class ModelHolder:
             state = load_file(str(shard), device=self.device)
             unknown = set(state) - expected
             if unknown:
-                raise ModelError(f"{shard}: weights the base model does not have: {sorted(unknown)[:5]}")
+                raise ModelError(
+                    f"{shard}: weights the base model does not have: {sorted(unknown)[:5]}"
+                )
             self.model.load_state_dict(state, strict=False)  # copies into the existing tensors
             loaded |= set(state)
-        tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+        tied = (
+            {"lm_head.weight"}
+            if getattr(self.model.config, "tie_word_embeddings", False)
+            else set()
+        )
         missing = expected - loaded - tied
         if missing:
             raise ModelError(f"{path}: weights missing from the checkpoint: {sorted(missing)[:5]}")
@@ -170,7 +187,9 @@ class ModelHolder:
             self.model, load_file(str(path / "adapter_model.safetensors"), device=self.device)
         )
         if getattr(result, "unexpected_keys", None):
-            raise ModelError(f"{path}: adapter weights that do not fit: {result.unexpected_keys[:5]}")
+            raise ModelError(
+                f"{path}: adapter weights that do not fit: {result.unexpected_keys[:5]}"
+            )
         return self.model
 
 
@@ -275,7 +294,9 @@ def build_engine(tokenizer, settings: GenerationSettings):
     )
 
 
-def encode_conversations(tokenizer, conversations: Sequence[list[dict[str, str]]]) -> list[list[int]]:
+def encode_conversations(
+    tokenizer, conversations: Sequence[list[dict[str, str]]]
+) -> list[list[int]]:
     texts = [
         tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
         for c in conversations
@@ -316,7 +337,9 @@ def generate_for_checkpoints(
         started = time.perf_counter()
         outputs = engine.generate(model, prompt_ids)
         seconds = time.perf_counter() - started
-        responses = tokenizer.batch_decode([tokens for tokens, _ in outputs], skip_special_tokens=True)
+        responses = tokenizer.batch_decode(
+            [tokens for tokens, _ in outputs], skip_special_tokens=True
+        )
         rows = [
             {
                 "id": row_id,

@@ -32,11 +32,15 @@ class LoraSettings:
     r: int = 8
     alpha: int = 32
     dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
 
     @classmethod
     def from_params(cls, values: dict[str, Any], where: str) -> LoraSettings:
-        settings = cls(**{k: values[k] for k in ("r", "alpha", "dropout", "target_modules") if k in values})
+        settings = cls(
+            **{k: values[k] for k in ("r", "alpha", "dropout", "target_modules") if k in values}
+        )
         if settings.r <= 0 or settings.alpha <= 0:
             raise ParamError(f"params.yaml: `{where}.r` and `{where}.alpha` must be > 0")
         if not settings.target_modules:
@@ -104,7 +108,9 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         num_processes=int(train.get("num_processes", 1)),
     )
     if settings.per_device_batch_size <= 0 or settings.effective_batch_size <= 0:
-        raise ParamError("params.yaml: `train.effective_batch_size` and `per_device_batch_size` must be > 0")
+        raise ParamError(
+            "params.yaml: `train.effective_batch_size` and `per_device_batch_size` must be > 0"
+        )
     per_step = settings.per_device_batch_size * settings.num_processes
     if settings.effective_batch_size % per_step:
         raise ParamError(
@@ -116,9 +122,13 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
     ):
         raise ParamError("params.yaml: `train.checkpoint_fractions` must be fractions in (0, 1]")
     if settings.precision not in ("auto", "bf16", "fp32"):
-        raise ParamError(f"params.yaml: `train.precision` must be auto, bf16 or fp32, got {settings.precision}")
+        raise ParamError(
+            f"params.yaml: `train.precision` must be auto, bf16 or fp32, got {settings.precision}"
+        )
     if method in ("lora", "qlora"):
-        settings.lora = LoraSettings.from_params(method_params.get("lora", {}), f"methods.{method}.lora")
+        settings.lora = LoraSettings.from_params(
+            method_params.get("lora", {}), f"methods.{method}.lora"
+        )
     if method == "qlora":
         settings.quantization = method_params.get("quantization") or {}
     if method == "dpo":
@@ -234,7 +244,11 @@ def check_target_modules(model, settings: TrainSettings) -> None:
     missing = [m for m in settings.lora.target_modules if m not in leaf_names]
     if missing:
         linear = sorted(
-            {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if type(m).__name__.endswith("Linear")}
+            {
+                name.rsplit(".", 1)[-1]
+                for name, m in model.named_modules()
+                if type(m).__name__.endswith("Linear")
+            }
         )
         raise ParamError(
             f"params.yaml: `methods.{settings.method}.lora.target_modules` names {missing}, which "
@@ -287,7 +301,9 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path, bf16: bool) -> 
     }
 
 
-def build_trainer(settings: TrainSettings, base_dir: Path, pairs: Sequence[TranslationPair], work_dir: Path):
+def build_trainer(
+    settings: TrainSettings, base_dir: Path, pairs: Sequence[TranslationPair], work_dir: Path
+):
     import datasets
 
     bf16 = use_bf16(settings)
@@ -303,9 +319,14 @@ def build_trainer(settings: TrainSettings, base_dir: Path, pairs: Sequence[Trans
 
         config = DPOConfig(**common, beta=settings.beta, padding_free=settings.padding_free)
         dataset = datasets.Dataset.from_list(dpo_rows(pairs))
-        return DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+        return DPOTrainer(
+            model=model, args=config, train_dataset=dataset, processing_class=tokenizer
+        )
     from trl import SFTConfig, SFTTrainer
 
+    if settings.padding_free:
+        # TRL does not truncate padding-free batches; MT-Pref sentences are far below max_length.
+        common["max_length"] = None
     config = SFTConfig(
         **common,
         completion_only_loss=True,
@@ -314,8 +335,23 @@ def build_trainer(settings: TrainSettings, base_dir: Path, pairs: Sequence[Trans
     )
     dataset = datasets.Dataset.from_list(sft_rows(pairs))
     return SFTTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft,
     )
+
+
+def saved_dtype(base_dir: Path):
+    """The dtype the base model was saved in, for checkpoints of the same size and precision."""
+    import json
+
+    import torch
+
+    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    name = config.get("dtype") or config.get("torch_dtype")
+    return getattr(torch, name) if isinstance(name, str) and hasattr(torch, name) else None
 
 
 def peak_memory_bytes() -> int | None:
@@ -324,7 +360,7 @@ def peak_memory_bytes() -> int | None:
     return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 
 
-def make_recorder(settings: TrainSettings, steps: dict[int, float], out_dir: Path, tracker):
+def make_recorder(settings: TrainSettings, steps: dict[int, float], out_dir: Path, tracker, save_dtype):
     """A TrainerCallback that writes the checkpoints and sends step metrics to MLflow."""
     from transformers import TrainerCallback
 
@@ -361,7 +397,11 @@ def make_recorder(settings: TrainSettings, steps: dict[int, float], out_dir: Pat
         def write(self, state, model, tokenizer) -> None:
             fraction = steps[state.global_step]
             path = out_dir / checkpoint_label(fraction)
-            model.save_pretrained(path, safe_serialization=True)
+            weights = None
+            if settings.lora is None and save_dtype is not None:
+                # The optimizer's float32 master weights are saved in the base model's dtype.
+                weights = {k: v.to(save_dtype) for k, v in model.state_dict().items()}
+            model.save_pretrained(path, safe_serialization=True, state_dict=weights)
             if settings.lora is None and tokenizer is not None:
                 tokenizer.save_pretrained(path)
             previous = self.written[-1]["step"] if self.written else 0
@@ -373,7 +413,9 @@ def make_recorder(settings: TrainSettings, steps: dict[int, float], out_dir: Pat
                 "fraction": fraction,
                 "total_steps": state.max_steps,
                 "loss": recent[-1] if recent else None,
-                "mean_loss_since_previous_checkpoint": sum(recent) / len(recent) if recent else None,
+                "mean_loss_since_previous_checkpoint": sum(recent) / len(recent)
+                if recent
+                else None,
                 "weights": "adapter" if settings.lora else "full",
             }
             write_json(path / CHECKPOINT_INFO_FILE, record)
@@ -399,6 +441,7 @@ class TrainResult:
     peak_memory_bytes: int | None
     checkpoints: list[dict[str, Any]]
     final_loss: float | None
+    losses: list[float]
 
 
 def train_cell(
@@ -418,7 +461,7 @@ def train_cell(
         load_training_model(base_dir, settings, bf16=False)  # raises the clear error, early
     torch.manual_seed(settings.seed)
     trainer = build_trainer(settings, base_dir, pairs, work_dir)
-    recorder = make_recorder(settings, steps, out_dir, tracker)
+    recorder = make_recorder(settings, steps, out_dir, tracker, saved_dtype(base_dir))
     trainer.add_callback(recorder)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -442,5 +485,6 @@ def train_cell(
         peak_memory_bytes=peak_memory_bytes(),
         checkpoints=recorder.written,
         final_loss=output.training_loss,
+        losses=recorder.losses,
     )
     return result

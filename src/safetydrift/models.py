@@ -48,9 +48,13 @@ class ModelSpec:
             trust_remote_code=bool(model.get("trust_remote_code", False)),
         )
         if spec.init not in ("pretrained", "random"):
-            raise ModelError(f"params.yaml: `model.init` must be pretrained or random, got {spec.init!r}")
+            raise ModelError(
+                f"params.yaml: `model.init` must be pretrained or random, got {spec.init!r}"
+            )
         if spec.dtype not in DTYPES:
-            raise ModelError(f"params.yaml: `model.dtype` must be one of {DTYPES}, got {spec.dtype!r}")
+            raise ModelError(
+                f"params.yaml: `model.dtype` must be one of {DTYPES}, got {spec.dtype!r}"
+            )
         return spec
 
     @property
@@ -83,7 +87,12 @@ def load_source(spec: ModelSpec):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kind = spec.kind
-    info: dict[str, Any] = {"source": spec.source, "kind": kind, "init": spec.init, "dtype": spec.dtype}
+    info: dict[str, Any] = {
+        "source": spec.source,
+        "kind": kind,
+        "init": spec.init,
+        "dtype": spec.dtype,
+    }
     common = {"trust_remote_code": spec.trust_remote_code}
     if kind == "gguf":
         path = Path(spec.source).expanduser()
@@ -123,7 +132,9 @@ def load_source(spec: ModelSpec):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(spec.dtype))
         info["seed"] = spec.seed
     else:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(spec.dtype), **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch_dtype(spec.dtype), **common
+        )
     if kind == "gguf":
         # transformers marks a GGUF-loaded model as quantized although its weights are now plain
         # tensors; without clearing that, save_pretrained refuses to write it.

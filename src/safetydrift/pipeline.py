@@ -7,7 +7,6 @@ holds the two together), so DVC reruns a stage exactly when something it reads h
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -56,7 +55,9 @@ def prepare_mtpref(params: dict[str, Any], out_dir: Path = MTPREF_DIR) -> dict[s
     from safetydrift.data import prepare_mtpref as prepare
 
     mtpref = get(params, "data.mtpref")
-    with tracking.stage_run(study_name(params), "prepare_mtpref", stage_params(params, "prepare_mtpref")) as run:
+    with tracking.stage_run(
+        study_name(params), "prepare_mtpref", stage_params(params, "prepare_mtpref")
+    ) as run:
         stats = prepare(
             Source(str(mtpref["source"]), mtpref.get("revision")),
             split=str(mtpref.get("split", "train")),
@@ -66,8 +67,18 @@ def prepare_mtpref(params: dict[str, Any], out_dir: Path = MTPREF_DIR) -> dict[s
             seed=int(mtpref["seed"]),
             out_dir=out_dir,
         )
-        run.log_metrics({k: stats[k] for k in ("rows_read", "rows_kept", "rows_dropped", "train_rows", "test_rows")})
-        run.set_tags({"data.sha256": stats.get("sha256"), "data.revision": stats.get("resolved_revision") or stats.get("revision")})
+        run.log_metrics(
+            {
+                k: stats[k]
+                for k in ("rows_read", "rows_kept", "rows_dropped", "train_rows", "test_rows")
+            }
+        )
+        run.set_tags(
+            {
+                "data.sha256": stats.get("sha256"),
+                "data.revision": stats.get("resolved_revision") or stats.get("revision"),
+            }
+        )
         run.log_artifact(out_dir / "stats.json")
     return stats
 
@@ -77,7 +88,9 @@ def prepare_advbench(params: dict[str, Any], out_path: Path = ADVBENCH_FILE) -> 
     from safetydrift.data import prepare_advbench as prepare
 
     advbench = get(params, "data.advbench")
-    with tracking.stage_run(study_name(params), "prepare_advbench", stage_params(params, "prepare_advbench")) as run:
+    with tracking.stage_run(
+        study_name(params), "prepare_advbench", stage_params(params, "prepare_advbench")
+    ) as run:
         stats = prepare(Source(str(advbench["source"]), advbench.get("revision")), out_path)
         run.log_metrics({"rows": stats["rows"]})
     return stats
@@ -88,10 +101,14 @@ def prepare_model(params: dict[str, Any], out_dir: Path = BASE_MODEL_DIR) -> dic
     from safetydrift.models import prepare_model as prepare
 
     spec = ModelSpec.from_params(get(params, "model"))
-    with tracking.stage_run(study_name(params), "prepare_model", stage_params(params, "prepare_model")) as run:
+    with tracking.stage_run(
+        study_name(params), "prepare_model", stage_params(params, "prepare_model")
+    ) as run:
         info = prepare(spec, out_dir)
         run.log_metrics({"parameters": info["parameters"]})
-        run.set_tags({k: v for k, v in info.items() if k in ("sha256", "resolved_revision", "architecture")})
+        run.set_tags(
+            {k: v for k, v in info.items() if k in ("sha256", "resolved_revision", "architecture")}
+        )
     return info
 
 
@@ -108,7 +125,11 @@ def train(params: dict[str, Any], method: str, learning_rate: float) -> dict[str
     cell = Cell(method, settings.learning_rate)
     pairs = read_pairs(MTPREF_DIR / "train.jsonl")
     out_dir = MODELS_DIR / cell.name
-    logged = {**stage_params(params, "train", method=method), "learning_rate": settings.learning_rate, "method": method}
+    logged = {
+        **stage_params(params, "train", method=method),
+        "learning_rate": settings.learning_rate,
+        "method": method,
+    }
     with (
         tracking.stage_run(study_name(params), "train", logged, cell=cell.name) as run,
         atomic_dir(out_dir) as tmp_out,
@@ -142,19 +163,8 @@ def train(params: dict[str, Any], method: str, learning_rate: float) -> dict[str
     return summary
 
 
-def clean_stale(path: Path) -> None:
-    """Remove an output left by an interrupted run (DVC also does before it reruns a stage)."""
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 def elapsed(start: float) -> float:
     return round(time.perf_counter() - start, 3)
-
-
-__all__ = ["BASE_CELL", "STAGE_PARAMS", "prepare_advbench", "prepare_model", "prepare_mtpref", "train"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +215,9 @@ def generate(params: dict[str, Any], measurement: str, cell: str) -> dict[str, A
     out_dir = GENERATIONS_DIR / measurement / cell
     timings: dict[str, float] = {}
     with (
-        tracking.stage_run(study_name(params), stage, stage_params(params, stage), cell=cell) as run,
+        tracking.stage_run(
+            study_name(params), stage, stage_params(params, stage), cell=cell
+        ) as run,
         atomic_dir(out_dir) as tmp,
     ):
         device = default_device()
@@ -220,8 +232,11 @@ def generate(params: dict[str, Any], measurement: str, cell: str) -> dict[str, A
             timings[result.checkpoint.label] = round(result.seconds, 3)
             new_tokens = sum(r["new_tokens"] for r in rows)
             run.log_metrics(
-                {"generation_seconds": result.seconds, "new_tokens": new_tokens,
-                 "tokens_per_second": new_tokens / result.seconds if result.seconds else None},
+                {
+                    "generation_seconds": result.seconds,
+                    "new_tokens": new_tokens,
+                    "tokens_per_second": new_tokens / result.seconds if result.seconds else None,
+                },
                 step=round(result.checkpoint.fraction * 100),
             )
         summary = {
@@ -246,7 +261,9 @@ def read_generations(measurement: str, cell: str) -> tuple[dict[str, Any], dict[
 
     directory = GENERATIONS_DIR / measurement / cell
     summary = read_json(directory / "generation.json")
-    return summary, {c["label"]: read_jsonl(directory / f"{c['label']}.jsonl") for c in summary["checkpoints"]}
+    return summary, {
+        c["label"]: read_jsonl(directory / f"{c['label']}.jsonl") for c in summary["checkpoints"]
+    }
 
 
 def cell_identity(cell: str) -> dict[str, Any]:
@@ -266,7 +283,9 @@ def eval_refusal(params: dict[str, Any], cell: str) -> dict[str, Any]:
     summary, generations = read_generations("refusal", cell)
     result = {**cell_identity(cell), "checkpoints": {}}
     verdict_rows = []
-    with tracking.stage_run(study_name(params), "eval_refusal", stage_params(params, "eval_refusal"), cell=cell) as run:
+    with tracking.stage_run(
+        study_name(params), "eval_refusal", stage_params(params, "eval_refusal"), cell=cell
+    ) as run:
         for checkpoint in summary["checkpoints"]:
             rows = generations[checkpoint["label"]]
             for number, row in enumerate(rows, start=1):
@@ -278,15 +297,24 @@ def eval_refusal(params: dict[str, Any], cell: str) -> dict[str, Any]:
             verdicts = judge_responses([r["response"] for r in rows], judges)
             per_judge = {name: refusal_summary(verdicts[name], confidence) for name in judges}
             result["checkpoints"][checkpoint["label"]] = {
-                "fraction": checkpoint["fraction"], "step": checkpoint["step"], "judges": per_judge,
+                "fraction": checkpoint["fraction"],
+                "step": checkpoint["step"],
+                "judges": per_judge,
             }
             for index, row in enumerate(rows):
                 verdict_rows.append(
-                    {"checkpoint": checkpoint["label"], "id": row["id"], **{
-                        f"{name}": {"refusal": verdicts[name][index].refusal,
-                                    "label": verdicts[name][index].label,
-                                    "matched": list(verdicts[name][index].matched)}
-                        for name in judges}}
+                    {
+                        "checkpoint": checkpoint["label"],
+                        "id": row["id"],
+                        **{
+                            f"{name}": {
+                                "refusal": verdicts[name][index].refusal,
+                                "label": verdicts[name][index].label,
+                                "matched": list(verdicts[name][index].matched),
+                            }
+                            for name in judges
+                        },
+                    }
                 )
             run.log_metrics(
                 {f"refusal_rate.{name}": s["refusal_rate"] for name, s in per_judge.items()},
@@ -304,7 +332,9 @@ def eval_chrf(params: dict[str, Any], cell: str) -> dict[str, Any]:
     chrf = get(params, "chrf")
     summary, generations = read_generations("chrf", cell)
     result = {**cell_identity(cell), "checkpoints": {}}
-    with tracking.stage_run(study_name(params), "eval_chrf", stage_params(params, "eval_chrf"), cell=cell) as run:
+    with tracking.stage_run(
+        study_name(params), "eval_chrf", stage_params(params, "eval_chrf"), cell=cell
+    ) as run:
         for checkpoint in summary["checkpoints"]:
             rows = generations[checkpoint["label"]]
             scores = chrf_summary(
@@ -315,9 +345,34 @@ def eval_chrf(params: dict[str, Any], cell: str) -> dict[str, Any]:
                 seed=int(chrf.get("seed", 0)),
             )
             result["checkpoints"][checkpoint["label"]] = {
-                "fraction": checkpoint["fraction"], "step": checkpoint["step"],
+                "fraction": checkpoint["fraction"],
+                "step": checkpoint["step"],
                 **{k: scores[k] for k in ("chrf", "ci_low", "ci_high", "n")},
             }
             run.log_metrics({"chrf": scores["chrf"]}, step=round(checkpoint["fraction"] * 100))
         write_json(METRICS_DIR / "chrf" / f"{cell}.json", result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+REPORTS_DIR = Path("reports")
+
+
+def report(params: dict[str, Any]):
+    from safetydrift.io import read_json
+    from safetydrift.report import collect_provenance, write_report
+
+    stats_file = MTPREF_DIR / "stats.json"
+    data_stats = read_json(stats_file) if stats_file.exists() else None
+    with tracking.stage_run(study_name(params), "report", stage_params(params, "report")) as run:
+        provenance = collect_provenance(tracking.repo_root(), params)
+        result = write_report(
+            params, METRICS_DIR, REPORTS_DIR, data_stats=data_stats, provenance=provenance
+        )
+        run.log_artifact(REPORTS_DIR / "report.md")
+        for figure in sorted((REPORTS_DIR / "figures").glob("*.png")):
+            run.log_artifact(figure, artifact_path="figures")
+        run.set_tags({"missing_cells": ", ".join(result.missing_cells) or "none"})
     return result

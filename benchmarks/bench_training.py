@@ -1,0 +1,86 @@
+"""Training throughput of each method at the study's effective batch of 8, and the loss curve.
+
+Runs the library's own `train_cell` (the train stage without DVC and MLflow) on the first
+`--examples` rows of the train split, once per method and variant:
+
+- `plain`: padded batches and PyTorch's for-loop AdamW, as TRL's defaults train;
+- `fast`: the pipeline's defaults (padding-free batches, fused AdamW).
+
+Both variants see the same examples in the same order with the same seed, so their per-step
+losses must agree up to floating-point noise; the script reports the largest difference.
+
+    python benchmarks/bench_training.py --base models/base --train data/mtpref/train.jsonl \
+        --examples 800 --methods full,lora,qlora,dpo --out bench-training.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from safetydrift.data import read_pairs
+from safetydrift.methods import train_cell, train_settings
+
+VARIANTS = {
+    "plain": {"padding_free": False, "optimizer": "adamw_torch"},
+    "fast": {"padding_free": True, "optimizer": "adamw_torch_fused"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, default=Path("models/base"))
+    parser.add_argument("--train", type=Path, default=Path("data/mtpref/train.jsonl"))
+    parser.add_argument("--params", type=Path, default=Path("presets/paper.yaml"))
+    parser.add_argument("--examples", type=int, default=800)
+    parser.add_argument("--methods", default="full,lora,qlora,dpo")
+    parser.add_argument("--variants", default="plain,fast")
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    params = yaml.safe_load(args.params.read_text())
+    pairs = read_pairs(args.train)[: args.examples]
+    results = []
+    for method in args.methods.split(","):
+        losses = {}
+        for variant in args.variants.split(","):
+            run_params = copy.deepcopy(params)
+            run_params["train"].update(VARIANTS[variant])
+            settings = train_settings(run_params, method, args.lr)
+            with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as work:
+                result = train_cell(settings, args.base, pairs, Path(out) / "cell", Path(work))
+            losses[variant] = result.losses
+            row = {
+                "method": method,
+                "variant": variant,
+                "examples": result.examples,
+                "steps": result.steps,
+                "seconds": round(result.train_seconds, 2),
+                "examples_per_second": round(result.examples_per_second, 1),
+                "tokens_per_second": round(result.tokens_per_second or 0, 0),
+                "peak_memory_gib": round((result.peak_memory_bytes or 0) / 2**30, 2),
+                "final_loss": round(result.final_loss, 4),
+            }
+            if "plain" in losses and variant != "plain":
+                pairs_of_losses = zip(losses["plain"], result.losses, strict=False)
+                row["max_loss_difference_vs_plain"] = round(max(abs(a - b) for a, b in pairs_of_losses), 4)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    print(f"\n{'method':6} {'variant':7} {'ex/s':>7} {'tok/s':>8} {'peak GiB':>8} {'loss':>7} {'Δloss':>7}")
+    for r in results:
+        print(
+            f"{r['method']:6} {r['variant']:7} {r['examples_per_second']:7.1f} {r['tokens_per_second']:8.0f} "
+            f"{r['peak_memory_gib']:8.2f} {r['final_loss']:7.4f} {r.get('max_loss_difference_vs_plain', ''):>7}"
+        )
+
+
+if __name__ == "__main__":
+    main()

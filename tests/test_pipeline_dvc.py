@@ -1,0 +1,114 @@
+"""The smoke preset through real `dvc repro` in a fresh git repository, and DVC's invalidation."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import copy_project, stage_env
+
+
+def dvc(project, *args, check=True):
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=project, env=stage_env(), capture_output=True, text=True
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def changed_stages(project) -> set[str]:
+    status = json.loads(dvc(project, "status", "--json").stdout or "{}")
+    return set(status)
+
+
+@pytest.fixture(scope="module")
+def smoke_project(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    subprocess.run(
+        [sys.executable, "-m", "safetydrift.cli", "preset", "smoke"], cwd=project, check=True, env=stage_env()
+    )
+    env = stage_env()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlruns.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return project
+
+
+def test_smoke_repro_fills_data_models_and_reports(smoke_project):
+    project = smoke_project
+    assert (project / "data/mtpref/train.jsonl").exists() and (project / "data/advbench.jsonl").exists()
+    assert (project / "models/base/model.safetensors").exists()
+    for cell in ("full-0.001", "lora-0.001", "dpo-0.001"):
+        assert len(list((project / "models" / cell).glob("ckpt-*"))) == 4
+        refusal = json.loads((project / "metrics/refusal" / f"{cell}.json").read_text())
+        assert sorted(refusal["checkpoints"]) == ["ckpt-025", "ckpt-050", "ckpt-075", "ckpt-100"]
+        chrf = json.loads((project / "metrics/chrf" / f"{cell}.json").read_text())
+        assert 0 <= chrf["checkpoints"]["ckpt-100"]["chrf"] <= 100
+    assert (project / "reports/figures/fig1_tradeoff.png").exists()
+    assert (project / "reports/figures/fig2_lr_curves.png").exists()
+    assert "## Provenance" in (project / "reports/report.md").read_text() or "Provenance" in (
+        project / "reports/report.md"
+    ).read_text()
+    assert (project / "dvc.lock").exists()
+    assert changed_stages(project) == set()
+    shown = dvc(project, "metrics", "show", "--json").stdout
+    assert "refusal_rate" in shown and "chrf" in shown
+
+
+def test_mlflow_store_holds_a_run_per_stage_cell(smoke_project):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_project / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("safetydrift-smoke")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    names = {run.info.run_name for run in runs}
+    assert {"prepare_mtpref", "prepare_advbench", "prepare_model", "report"} <= names
+    assert {"train@lora-0.001", "generate_refusal@base", "eval_chrf@dpo-0.001"} <= names
+    train = next(r for r in runs if r.info.run_name == "train@full-0.001")
+    history = client.get_metric_history(train.info.run_id, "loss")
+    assert len(history) == 10 and {m.step for m in history} == set(range(1, 11))
+    refusal = next(r for r in runs if r.info.run_name == "eval_refusal@lora-0.001")
+    steps = client.get_metric_history(refusal.info.run_id, "refusal_rate.keywords-seed002")
+    assert sorted(m.step for m in steps) == [25, 50, 75, 100]
+
+
+def test_one_learning_rate_changes_only_its_cells(smoke_project):
+    params_file = smoke_project / "params.yaml"
+    original = params_file.read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["grid"]["learning_rates"] = [2.0e-3]
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = changed_stages(smoke_project)
+        new_cells = {f"{m}-0.002" for m in params["grid"]["methods"]}
+        expected = {
+            f"{stage}@{cell}"
+            for cell in new_cells
+            for stage in ("train", "generate_refusal", "eval_refusal", "generate_chrf", "eval_chrf")
+        }
+        assert changed == expected | {"report"} or changed == expected
+        assert not any(s.startswith(("prepare", "generate_refusal_base", "eval_chrf_base")) for s in changed)
+    finally:
+        params_file.write_text(original)
+
+
+def test_changing_the_judges_rejudges_without_generating(smoke_project):
+    params_file = smoke_project / "params.yaml"
+    original = params_file.read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["refusal"]["judges"] = ["prefixes-advbench"]
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = changed_stages(smoke_project)
+        assert changed and all(s.startswith("eval_refusal") for s in changed)
+        assert {"eval_refusal_base", "eval_refusal@lora-0.001"} <= changed
+        dvc(smoke_project, "repro")
+        verdicts = json.loads((smoke_project / "metrics/refusal/base.json").read_text())
+        assert list(verdicts["checkpoints"]["ckpt-000"]["judges"]) == ["prefixes-advbench"]
+    finally:
+        params_file.write_text(original)
+        dvc(smoke_project, "repro")
