@@ -1,0 +1,325 @@
+"""Greedy decoding on a static KV cache, with the decode step replayed as a CUDA graph.
+
+Evaluating a cell means greedy generation for the same few hundred prompts on many checkpoints of
+one model. At the study's scale (a 0.5B model, 520 prompts, 256 new tokens) the GPU does a decode
+step for every row in about 2 ms, so `generate`'s per-step Python, kernel launches and mask
+building are most of its time. `StaticCacheDecoder` runs its own loop instead:
+
+- prompts are sorted by length and left-padded into few, large batches; one prefill each, then one
+  forward per new token on a `transformers.StaticCache`;
+- it builds the 4D additive attention mask itself and opens one cache column per step in place, and
+  passes explicit per-row `position_ids`, so transformers' mask code never runs (a 4D mask is
+  returned as-is by `masking_utils`);
+- on CUDA, the whole decode step (mask update, forward, argmax, stop bookkeeping, counters) is one
+  CUDA graph per (rows, cache length), captured once and replayed for every later batch of that
+  shape: the next checkpoint, whose weights are copied into the same tensors, replays it as is;
+- the host looks at the stop flags only every `stop_check_interval` steps.
+
+Attention runs through our own function (`_attention`, swapped in for the duration of `decode`):
+for a single query it folds the query heads that share a key/value head into the query-length
+axis, so each step reads the cache once per key/value head, where transformers' SDPA path with a
+mask (5.17) repeats the whole cache for every query head of the group first.
+
+Results equal transformers' greedy `generate` token for token, in float32 (tests/test_decoding.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, StaticCache
+
+ATTENTION_NAME = "safetydrift_static"
+CACHE_LEN_MULTIPLE = 64  # cache lengths are rounded up so that nearby prompt widths share a graph
+WARMUP_STEPS = 2  # eager steps before a capture; they may run past the last real column
+
+
+@dataclass
+class Decoded:
+    token_ids: list[int]  # new tokens, without the stop token, without padding
+    finish_reason: str  # "stop" (an eos/stop token was produced) or "length"
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention over the static cache with our own mask: [batch, 1, queries, keys_in_use].
+
+    The mask may be narrower than the cache (prefill only looks at the prompt's columns).
+    """
+    key = key[:, :, : attention_mask.shape[-1]]
+    value = value[:, :, : attention_mask.shape[-1]]
+    batch, heads, queries, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    if queries == 1 and groups > 1:
+        grouped = query.reshape(batch, kv_heads, groups, dim)
+        out = F.scaled_dot_product_attention(
+            grouped, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
+        )
+        out = out.reshape(batch, heads, 1, dim)
+    else:
+        if groups > 1:
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
+        )
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION_NAME, _attention)
+
+
+@dataclass
+class _Slot:
+    """A KV cache and the decode step's input/output buffers for one (rows, cache length).
+
+    A captured graph holds the addresses of all of these, so they live as long as the graph and
+    every batch of this shape decodes in place in them.
+    """
+
+    rows: int
+    cache_len: int
+    cache: StaticCache
+    input_ids: torch.Tensor  # [rows, 1] the token fed to the next step
+    position_ids: torch.Tensor  # [rows, 1] its rotary position (prompt length + tokens so far)
+    cache_position: torch.Tensor  # [1] the cache column the next step writes
+    step: torch.Tensor  # [1] the column of `out` the next step writes
+    mask: torch.Tensor  # [rows, 1, 1, cache_len] additive: 0 where a key may be attended
+    done: torch.Tensor  # [rows] a stop token has been produced
+    out: torch.Tensor  # [rows, max_new_tokens + warm-up steps] produced tokens, pad after a stop
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+class StaticCacheDecoder:
+    """Greedy decoding for a causal LM (plain or PEFT-wrapped), reused across its checkpoints.
+
+    The model must stay the same object with the same parameter tensors between calls: load the
+    next checkpoint with `load_state_dict` (which copies in place), not by building a new model.
+    Call `reset()` after anything replaced tensors, to free the caches and graphs.
+    """
+
+    stop_check_interval = 16  # steps between the host's looks at the stop flags (each one a sync)
+
+    def __init__(
+        self,
+        model,
+        *,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+        max_new_tokens: int,
+        max_batch_size: int = 1024,
+        use_cuda_graphs: bool | None = None,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.config = base.config
+        layer_types = set(getattr(self.config, "layer_types", None) or ["full_attention"])
+        if layer_types != {"full_attention"}:
+            raise ValueError(
+                f"StaticCacheDecoder supports full-attention layers only, the model has "
+                f"{sorted(layer_types)}"
+            )
+        parameter = next(model.parameters())
+        self.device = parameter.device
+        self.dtype = base.get_input_embeddings().weight.dtype
+        self.eos_token_ids = [int(t) for t in eos_token_ids]
+        self.pad_token_id = int(pad_token_id)
+        self.max_new_tokens = int(max_new_tokens)
+        self.max_batch_size = int(max_batch_size)
+        if use_cuda_graphs is None:
+            use_cuda_graphs = self.device.type == "cuda"
+        if use_cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the model on a CUDA device, it is on {self.device}")
+        self.use_cuda_graphs = use_cuda_graphs
+        self._eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=self.device)
+        self._slots: dict[tuple[int, int], _Slot] = {}
+        self._pool = None
+
+    def reset(self) -> None:
+        """Drop every cache and captured graph (the next `decode` captures afresh)."""
+        self._slots.clear()
+        self._pool = None
+
+    @torch.inference_mode()
+    def decode(self, prompts: Sequence[Sequence[int]]) -> list[Decoded]:
+        """Greedy continuations of `prompts` (token ids, chat template applied), in their order."""
+        if self.model.training:
+            raise ValueError("StaticCacheDecoder needs the model in eval mode (model.eval())")
+        for number, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise ValueError(f"prompt {number} is empty")
+        if not prompts:
+            return []
+        # Longest first, in equal batches: similar lengths share a batch, so little is padding.
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        batches = math.ceil(len(order) / self.max_batch_size)
+        size = math.ceil(len(order) / batches)
+        results: list[Decoded | None] = [None] * len(prompts)
+        with self._our_attention():
+            for start in range(0, len(order), size):
+                chosen = order[start : start + size]
+                decoded = self._decode_batch([prompts[i] for i in chosen])
+                for index, result in zip(chosen, decoded, strict=True):
+                    results[index] = result
+        return results  # type: ignore[return-value]
+
+    # ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _our_attention(self) -> Iterator[None]:
+        # Every config object the modules read `_attn_implementation` from (one for these
+        # families), restored afterwards so that the model's own `generate` is unaffected.
+        configs = {
+            id(c): c
+            for m in self.model.modules()
+            if (c := getattr(m, "config", None)) is not None and hasattr(c, "_attn_implementation")
+        }
+        saved = {key: config._attn_implementation for key, config in configs.items()}
+        try:
+            for config in configs.values():
+                config._attn_implementation = ATTENTION_NAME
+            yield
+        finally:
+            for key, config in configs.items():
+                config._attn_implementation = saved[key]
+
+    def _slot(self, rows: int, cache_len: int) -> _Slot:
+        key = (rows, cache_len)
+        if key not in self._slots:
+            device = self.device
+            self._slots[key] = _Slot(
+                rows=rows,
+                cache_len=cache_len,
+                cache=StaticCache(config=self.config, max_cache_len=cache_len),
+                input_ids=torch.zeros((rows, 1), dtype=torch.long, device=device),
+                position_ids=torch.zeros((rows, 1), dtype=torch.long, device=device),
+                cache_position=torch.zeros(1, dtype=torch.long, device=device),
+                step=torch.zeros(1, dtype=torch.long, device=device),
+                mask=torch.zeros((rows, 1, 1, cache_len), dtype=self.dtype, device=device),
+                done=torch.zeros(rows, dtype=torch.bool, device=device),
+                out=torch.zeros(
+                    (rows, self.max_new_tokens + WARMUP_STEPS), dtype=torch.long, device=device
+                ),
+            )
+        return self._slots[key]
+
+    def _decode_batch(self, prompts: Sequence[Sequence[int]]) -> list[Decoded]:
+        width = max(len(p) for p in prompts)
+        # Prompt columns, then one column per decode step (the last new token is never fed back).
+        needed = width + max(self.max_new_tokens, WARMUP_STEPS)
+        cache_len = -(-needed // CACHE_LEN_MULTIPLE) * CACHE_LEN_MULTIPLE
+        ids = torch.tensor(
+            [[self.pad_token_id] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long
+        ).to(self.device)
+        valid = torch.tensor(
+            [[False] * (width - len(p)) + [True] * len(p) for p in prompts], dtype=torch.bool
+        ).to(self.device)
+        slot = self._slot(len(prompts), cache_len)
+
+        self._prefill(slot, ids, valid)
+        if self.use_cuda_graphs and slot.graph is None and self.max_new_tokens > 1:
+            # The warm-up steps before capture really run and move the slot's state on: start over.
+            self._capture(slot)
+            self._prefill(slot, ids, valid)
+
+        steps = 1
+        while steps < self.max_new_tokens:
+            chunk = min(self.stop_check_interval, self.max_new_tokens - steps)
+            for _ in range(chunk):
+                if slot.graph is not None:
+                    slot.graph.replay()
+                else:
+                    self._step(slot)
+            steps += chunk
+            if steps < self.max_new_tokens and bool(slot.done.all()):
+                break
+
+        decoded = []
+        for tokens in slot.out[:, :steps].tolist():
+            stop = next((i for i, t in enumerate(tokens) if t in self.eos_token_ids), None)
+            if stop is None:
+                decoded.append(Decoded(tokens, "length"))
+            else:
+                decoded.append(Decoded(tokens[:stop], "stop"))
+        return decoded
+
+    def _forward(self, ids, position_ids, mask, cache) -> torch.Tensor:
+        output = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return output.logits[:, -1]
+
+    def _prefill(self, slot: _Slot, ids: torch.Tensor, valid: torch.Tensor) -> None:
+        """Run the prompts through the model and leave the slot ready for the first decode step."""
+        width = ids.shape[1]
+        slot.cache.reset()
+        # As `generate` derives them from the attention mask: positions skip the left padding,
+        # and padding itself sits at position 0.
+        positions = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 0)
+        causal = torch.ones((width, width), dtype=torch.bool, device=self.device).tril()
+        allowed = causal[None] & valid[:, None, :]
+        # A padding query would attend to nothing at all; letting it see itself keeps its
+        # (never attended) cache entries finite.
+        allowed |= torch.eye(width, dtype=torch.bool, device=self.device)[None]
+        lowest = torch.finfo(self.dtype).min
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        mask = mask.masked_fill_(~allowed, lowest)[:, None]
+        first = self._forward(ids, positions, mask, slot.cache).argmax(-1)
+
+        slot.mask.fill_(lowest)
+        slot.mask[:, 0, 0, :width].masked_fill_(valid, 0.0)
+        slot.input_ids.copy_(first[:, None])
+        slot.position_ids.copy_(valid.sum(-1, keepdim=True))
+        slot.cache_position.fill_(width)
+        slot.step.fill_(1)
+        slot.done.copy_(self._is_stop(first))
+        slot.out[:, 0] = first
+
+    def _is_stop(self, tokens: torch.Tensor) -> torch.Tensor:
+        return (tokens[:, None] == self._eos).any(-1)
+
+    def _step(self, slot: _Slot) -> None:
+        """One new token for every row; device work only, so that it can be captured."""
+        slot.mask.index_fill_(-1, slot.cache_position, 0.0)
+        logits = self._forward(slot.input_ids, slot.position_ids, slot.mask, slot.cache)
+        # As `generate`: rows that have stopped get padding from then on.
+        token = torch.where(slot.done, self.pad_token_id, logits.argmax(-1))
+        slot.out.index_copy_(1, slot.step, token[:, None])
+        slot.done |= self._is_stop(token)
+        slot.input_ids.copy_(token[:, None])
+        slot.position_ids += 1
+        slot.cache_position += 1
+        slot.step += 1
+
+    def _capture(self, slot: _Slot) -> None:
+        if self._pool is None:
+            # One pool for all graphs: they are replayed one at a time and keep nothing in it
+            # between replays (every buffer that outlives a step belongs to the slot).
+            self._pool = torch.cuda.graph_pool_handle()
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        # Warm-up on a side stream, as capture requires: lazy library handles and workspaces
+        # are created here rather than inside the graph.
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                self._step(slot)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._step(slot)
+        slot.graph = graph

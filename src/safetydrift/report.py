@@ -1,0 +1,1121 @@
+"""The study's report: figures, tables, DVC metrics/plots data and provenance under `reports/`.
+
+Everything is built from the metric files the evaluation stages wrote, whatever subset of the
+grid exists so far: a cell or checkpoint without metrics is reported as missing, never as zero,
+so a report drawn while the grid is still running cannot be mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from safetydrift.cells import BASE_CELL, Cell, checkpoint_label, grid_cells
+from safetydrift.io import atomic_path, read_json, write_csv, write_json
+from safetydrift.params import flatten, get
+
+DEFAULT_FIXED_LR = 5e-5
+DEFAULT_PRIMARY_JUDGE = "keywords-seed002"
+DEFAULT_CHECKPOINT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+BASE_CHECKPOINT = checkpoint_label(0.0)
+
+REFUSAL = "refusal"
+CHRF = "chrf"
+METRICS = (REFUSAL, CHRF)
+MISSING = "missing"
+
+FIG1 = Path("figures/fig1_tradeoff.png")
+FIG2 = Path("figures/fig2_lr_curves.png")
+RESULTS_CSV = Path("results.csv")
+METRICS_JSON = Path("metrics.json")
+REPORT_MD = Path("report.md")
+PLOTS_REFUSAL = Path("plots/refusal.csv")
+PLOTS_CHRF = Path("plots/chrf.csv")
+# A Vega-Lite template for `dvc plots`: its built-in templates draw one line per file and field,
+# never one per value of a column, so drawing one line per learning rate from a single file (and
+# so surviving a change of the grid without editing dvc.yaml) needs a template of our own.
+PLOTS_TEMPLATE = Path("plots/lr_curves.vega.json")
+
+PAPER_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
+# Kempermann & Ramackers (2025), as quoted in docs/STUDY.md §1. Where the paper gives only the
+# endpoints of a curve, they are the first (25%) and the last (100%) checkpoint.
+PAPER_RESULTS: tuple[tuple[str, str, str, float], ...] = (
+    (BASE_CELL, "ckpt-000", REFUSAL, 0.979),
+    (BASE_CELL, "ckpt-000", CHRF, 20.0),
+    ("lora-0.0001", "ckpt-025", REFUSAL, 0.948),
+    ("lora-0.0001", "ckpt-050", REFUSAL, 0.848),
+    ("lora-0.0001", "ckpt-075", REFUSAL, 0.810),
+    ("lora-0.0001", "ckpt-100", REFUSAL, 0.823),
+    ("lora-0.0001", "ckpt-025", CHRF, 71.9),
+    ("lora-0.0001", "ckpt-050", CHRF, 73.4),
+    ("lora-0.0001", "ckpt-075", CHRF, 73.1),
+    ("lora-0.0001", "ckpt-100", CHRF, 73.4),
+    ("lora-1e-05", "ckpt-025", REFUSAL, 0.983),
+    ("lora-1e-05", "ckpt-050", REFUSAL, 0.983),
+    ("lora-1e-05", "ckpt-075", REFUSAL, 0.983),
+    ("lora-1e-05", "ckpt-100", REFUSAL, 0.983),
+    ("lora-1e-05", "ckpt-025", CHRF, 69.9),
+    ("lora-1e-05", "ckpt-100", CHRF, 71.6),
+    ("qlora-0.0001", "ckpt-025", REFUSAL, 0.965),
+    ("qlora-0.0001", "ckpt-100", REFUSAL, 0.938),
+    ("qlora-0.0001", "ckpt-025", CHRF, 71.6),
+    ("qlora-0.0001", "ckpt-100", CHRF, 72.6),
+)
+
+PROVENANCE_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "dvc",
+    "mlflow",
+    "sacrebleu",
+    "bitsandbytes",
+)
+SEED_KEYS = ("train.seed", "data.mtpref.seed", "study.seed", "model.seed", "chrf.seed")
+
+METHOD_STYLES: dict[str, tuple[str, str]] = {
+    "full": ("o", "#d62728"),
+    "lora": ("s", "#1f77b4"),
+    "qlora": ("^", "#2ca02c"),
+    "dpo": ("D", "#9467bd"),
+}
+FALLBACK_STYLES = (("v", "#8c564b"), ("P", "#e377c2"), ("X", "#7f7f7f"), ("*", "#bcbd22"))
+LR_COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b", "#17becf")
+
+# Names of environment variables whose values must never appear in a report, even if a user
+# pasted one into params.yaml: the report is committed and shared.
+SECRET_ENV_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the metric files
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A measured value with its interval; the interval is None where the file gave none."""
+
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+
+
+@dataclass
+class CheckpointResult:
+    """One row of the results: a cell at one checkpoint, with whatever metrics exist for it."""
+
+    cell: str
+    method: str
+    learning_rate: float | None
+    checkpoint: str
+    fraction: float
+    step: int | None = None
+    refusal: dict[str, Estimate] = field(default_factory=dict)
+    chrf: Estimate | None = None
+
+    def missing_metrics(self, primary_judge: str) -> list[str]:
+        missing = []
+        if primary_judge not in self.refusal:
+            missing.append(REFUSAL)
+        if self.chrf is None:
+            missing.append(CHRF)
+        return missing
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Metrics of one cell that do not exist (yet): a whole file, or some of its checkpoints."""
+
+    cell: str
+    metric: str
+    checkpoints: tuple[str, ...]
+    file_missing: bool
+
+    def describe(self) -> str:
+        name = "refusal rate" if self.metric == REFUSAL else "chrF"
+        if self.file_missing:
+            return f"{name}: no metrics file yet"
+        return f"{name}: {', '.join(self.checkpoints)}"
+
+
+@dataclass
+class GridResults:
+    """The base model and every grid cell, each with its rows in checkpoint order."""
+
+    primary_judge: str
+    judges: list[str]
+    cells: list[Cell]
+    rows: dict[str, list[CheckpointResult]]
+    missing: list[Missing]
+    final_checkpoint: str
+
+    @property
+    def base(self) -> CheckpointResult:
+        base = self.row(BASE_CELL, BASE_CHECKPOINT)
+        assert base is not None, "collect_results always adds the base model's row"
+        return base
+
+    def all_rows(self) -> list[CheckpointResult]:
+        return [
+            row for name in [BASE_CELL, *(c.name for c in self.cells)] for row in self.rows[name]
+        ]
+
+    def row(self, cell: str, checkpoint: str) -> CheckpointResult | None:
+        return next((r for r in self.rows.get(cell, []) if r.checkpoint == checkpoint), None)
+
+    @property
+    def missing_cells(self) -> list[str]:
+        return list(dict.fromkeys(m.cell for m in self.missing))
+
+
+def _estimate(entry: Mapping[str, Any], value_key: str) -> Estimate | None:
+    value = entry.get(value_key)
+    if value is None:
+        return None
+    n = entry.get("n")
+    return Estimate(
+        value=float(value),
+        ci_low=None if entry.get("ci_low") is None else float(entry["ci_low"]),
+        ci_high=None if entry.get("ci_high") is None else float(entry["ci_high"]),
+        n=None if n is None else int(n),
+    )
+
+
+def _read_metric_file(metrics_dir: Path, metric: str, cell: str) -> dict[str, Any] | None:
+    path = metrics_dir / metric / f"{cell}.json"
+    if not path.exists():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), dict):
+        raise ValueError(f"{path}: expected an object with a `checkpoints` object")
+    # A renamed or copied file would put one cell's numbers under another's name.
+    if data.get("cell") not in (None, cell):
+        raise ValueError(f"{path}: holds metrics of cell `{data['cell']}`, not `{cell}`")
+    return data
+
+
+def _fraction(label: str, entry: Mapping[str, Any]) -> float:
+    if entry.get("fraction") is not None:
+        return float(entry["fraction"])
+    match = re.fullmatch(r"ckpt-(\d+)", label)
+    if match is None:
+        raise ValueError(f"checkpoint `{label}` has no `fraction` and is not named ckpt-NNN")
+    return int(match.group(1)) / 100
+
+
+def _checkpoint_fractions(params: Mapping[str, Any]) -> list[float]:
+    fractions = get(params, "train.checkpoint_fractions", None) or DEFAULT_CHECKPOINT_FRACTIONS
+    return sorted(float(f) for f in fractions)
+
+
+def _cell_rows(
+    cell: str,
+    method: str,
+    learning_rate: float | None,
+    expected: Mapping[str, float],
+    refusal_file: dict[str, Any] | None,
+    chrf_file: dict[str, Any] | None,
+) -> list[CheckpointResult]:
+    labels = dict(expected)
+    for data in (refusal_file, chrf_file):
+        for label, entry in (data or {}).get("checkpoints", {}).items():
+            labels.setdefault(label, _fraction(label, entry))
+    rows = []
+    for label, fraction in sorted(labels.items(), key=lambda item: (item[1], item[0])):
+        row = CheckpointResult(cell, method, learning_rate, label, fraction)
+        refusal_entry = (refusal_file or {}).get("checkpoints", {}).get(label)
+        chrf_entry = (chrf_file or {}).get("checkpoints", {}).get(label)
+        for entry in (refusal_entry, chrf_entry):
+            if entry and row.step is None and entry.get("step") is not None:
+                row.step = int(entry["step"])
+        if refusal_entry:
+            for judge, judged in (refusal_entry.get("judges") or {}).items():
+                estimate = _estimate(judged, "refusal_rate")
+                if estimate is not None:
+                    row.refusal[judge] = estimate
+        if chrf_entry:
+            row.chrf = _estimate(chrf_entry, "chrf")
+        rows.append(row)
+    return rows
+
+
+def _missing_entries(
+    cell: str,
+    rows: list[CheckpointResult],
+    files: Mapping[str, dict[str, Any] | None],
+    primary_judge: str,
+) -> list[Missing]:
+    entries = []
+    for metric in METRICS:
+        absent = tuple(r.checkpoint for r in rows if metric in r.missing_metrics(primary_judge))
+        if absent:
+            entries.append(Missing(cell, metric, absent, file_missing=files[metric] is None))
+    return entries
+
+
+def collect_results(params: Mapping[str, Any], metrics_dir: Path) -> GridResults:
+    """Read every metric file the grid in `params` should have; absent ones become `missing`."""
+    metrics_dir = Path(metrics_dir)
+    primary_judge = str(get(params, "report.primary_judge", None) or DEFAULT_PRIMARY_JUDGE)
+    fractions = _checkpoint_fractions(params)
+    expected = {checkpoint_label(f): f for f in fractions}
+    cells = grid_cells(get(params, "grid.methods"), get(params, "grid.learning_rates"))
+
+    rows: dict[str, list[CheckpointResult]] = {}
+    missing: list[Missing] = []
+    judges: set[str] = set()
+    for name, method, lr, checkpoints in [
+        (BASE_CELL, BASE_CELL, None, {BASE_CHECKPOINT: 0.0}),
+        *((c.name, c.method, c.learning_rate, expected) for c in cells),
+    ]:
+        files = {metric: _read_metric_file(metrics_dir, metric, name) for metric in METRICS}
+        cell_rows = _cell_rows(name, method, lr, checkpoints, files[REFUSAL], files[CHRF])
+        rows[name] = cell_rows
+        missing.extend(_missing_entries(name, cell_rows, files, primary_judge))
+        for row in cell_rows:
+            judges.update(row.refusal)
+
+    return GridResults(
+        primary_judge=primary_judge,
+        judges=[primary_judge, *sorted(judges - {primary_judge})],
+        cells=cells,
+        rows=rows,
+        missing=missing,
+        final_checkpoint=checkpoint_label(fractions[-1]),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+@dataclass(frozen=True)
+class TradeoffPoint:
+    """Figure 1: one method at the fixed learning rate, at its final checkpoint."""
+
+    method: str
+    cell: str
+    chrf: Estimate
+    drop_points: float
+    drop_low: float | None
+    drop_high: float | None
+
+
+def _same_lr(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+
+
+def tradeoff_points(results: GridResults, fixed_lr: float) -> tuple[list[TradeoffPoint], list[str]]:
+    """Points of Figure 1, and the cells at `fixed_lr` that cannot be drawn for lack of data.
+
+    The drop is in percentage points: base refusal rate minus the cell's final refusal rate; its
+    interval comes from the cell's interval alone, as the base rate is the common reference.
+    """
+    base = results.base.refusal.get(results.primary_judge)
+    points: list[TradeoffPoint] = []
+    undrawable: list[str] = []
+    for cell in results.cells:
+        if not _same_lr(cell.learning_rate, fixed_lr):
+            continue
+        final = results.row(cell.name, results.final_checkpoint)
+        refusal = final.refusal.get(results.primary_judge) if final else None
+        chrf = final.chrf if final else None
+        if base is None or refusal is None or chrf is None:
+            undrawable.append(cell.name)
+            continue
+        points.append(
+            TradeoffPoint(
+                method=cell.method,
+                cell=cell.name,
+                chrf=chrf,
+                drop_points=100 * (base.value - refusal.value),
+                drop_low=None if refusal.ci_high is None else 100 * (base.value - refusal.ci_high),
+                drop_high=None if refusal.ci_low is None else 100 * (base.value - refusal.ci_low),
+            )
+        )
+    return points, undrawable
+
+
+def _method_style(method: str, methods: list[str]) -> tuple[str, str]:
+    if method in METHOD_STYLES:
+        return METHOD_STYLES[method]
+    others = [m for m in methods if m not in METHOD_STYLES]
+    return FALLBACK_STYLES[others.index(method) % len(FALLBACK_STYLES)]
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _errors(value: float, low: float | None, high: float | None) -> list[list[float]]:
+    return [[value - low if low is not None else 0.0], [high - value if high is not None else 0.0]]
+
+
+def tradeoff_figure(results: GridResults, fixed_lr: float) -> Figure:
+    """Figure 1: refusal-rate drop against chrF at `fixed_lr`, one labelled marker per method."""
+    points, undrawable = tradeoff_points(results, fixed_lr)
+    methods = [c.method for c in results.cells]
+    figure = _new_figure(6.4, 4.8)
+    ax = figure.add_subplot()
+    for point in points:
+        marker, color = _method_style(point.method, methods)
+        ax.errorbar(
+            [point.chrf.value],
+            [point.drop_points],
+            xerr=_errors(point.chrf.value, point.chrf.ci_low, point.chrf.ci_high),
+            yerr=_errors(point.drop_points, point.drop_low, point.drop_high),
+            fmt=marker,
+            color=color,
+            markersize=8,
+            capsize=3,
+            label=point.method,
+        )
+        ax.annotate(
+            point.method,
+            (point.chrf.value, point.drop_points),
+            textcoords="offset points",
+            xytext=(7, 7),
+            # In the marker's colour: methods that barely differ (LoRA, QLoRA) sit close together.
+            color=color,
+        )
+    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("chrF (final checkpoint)")
+    ax.set_ylabel(f"Refusal-rate drop from base (points, {results.primary_judge})")
+    ax.set_title(f"Safety lost vs. task performance at learning rate {fixed_lr}")
+    if points:
+        ax.legend(title="method", loc="best")
+    notes = []
+    if not any(_same_lr(c.learning_rate, fixed_lr) for c in results.cells):
+        notes.append(f"learning rate {fixed_lr} is not in the grid")
+    if undrawable:
+        notes.append("missing: " + ", ".join(undrawable))
+    if notes:
+        ax.text(0.5, 0.5, "\n".join(notes), transform=ax.transAxes, ha="center", va="center")
+    return figure
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    percent: float
+    checkpoint: str
+    step: int | None
+    estimate: Estimate
+
+
+def lr_curves(results: GridResults, metric: str) -> dict[str, dict[float, list[CurvePoint]]]:
+    """Figure 2's series: per method, per learning rate, the measured points from 0% to 100%.
+
+    The base model is the 0% point of every curve. Checkpoints without the metric are left out,
+    and a learning rate with nothing measured after the base gets no curve at all.
+    """
+
+    def estimate(row: CheckpointResult) -> Estimate | None:
+        return row.refusal.get(results.primary_judge) if metric == REFUSAL else row.chrf
+
+    def point(row: CheckpointResult, value: Estimate) -> CurvePoint:
+        return CurvePoint(100 * row.fraction, row.checkpoint, row.step, value)
+
+    base_value = estimate(results.base)
+    start = [] if base_value is None else [point(results.base, base_value)]
+    curves: dict[str, dict[float, list[CurvePoint]]] = {}
+    for cell in results.cells:
+        points = [
+            point(row, value)
+            for row in results.rows[cell.name]
+            if (value := estimate(row)) is not None
+        ]
+        by_lr = curves.setdefault(cell.method, {})
+        if points:
+            by_lr[cell.learning_rate] = start + points
+    return curves
+
+
+def lr_label(learning_rate: float) -> str:
+    return f"lr={learning_rate}"
+
+
+def lr_curves_figure(results: GridResults) -> Figure:
+    """Figure 2: per method (columns), refusal rate and chrF (rows) over training per lr."""
+    methods = list(dict.fromkeys(c.method for c in results.cells))
+    rates = sorted({c.learning_rate for c in results.cells}, reverse=True)
+    colors = {lr: LR_COLORS[i % len(LR_COLORS)] for i, lr in enumerate(rates)}
+    columns = max(len(methods), 1)
+    figure = _new_figure(3.2 * columns + 0.6, 6.4)
+    # chrF shares one scale across methods so that their performance compares at a glance.
+    axes = figure.subplots(2, columns, sharex=True, sharey="row", squeeze=False)
+    metric_rows = [
+        (REFUSAL, f"Refusal rate ({results.primary_judge})"),
+        (CHRF, "chrF"),
+    ]
+    for row_index, (metric, ylabel) in enumerate(metric_rows):
+        curves = lr_curves(results, metric)
+        for column, method in enumerate(methods):
+            ax = axes[row_index][column]
+            by_lr = curves.get(method, {})
+            for lr in rates:
+                if lr not in by_lr:
+                    continue
+                xs = [p.percent for p in by_lr[lr]]
+                ys = [p.estimate.value for p in by_lr[lr]]
+                ax.plot(xs, ys, marker="o", markersize=4, color=colors[lr], label=lr_label(lr))
+                banded = [
+                    p for p in by_lr[lr] if None not in (p.estimate.ci_low, p.estimate.ci_high)
+                ]
+                if banded:
+                    ax.fill_between(
+                        [p.percent for p in banded],
+                        [p.estimate.ci_low for p in banded],
+                        [p.estimate.ci_high for p in banded],
+                        color=colors[lr],
+                        alpha=0.15,
+                        linewidth=0,
+                    )
+            absent = [lr_label(lr) for lr in rates if lr not in by_lr]
+            if absent:
+                ax.text(
+                    0.02,
+                    0.02,
+                    "missing: " + ", ".join(absent),
+                    transform=ax.transAxes,
+                    fontsize=7,
+                    va="bottom",
+                    color="grey",
+                )
+            if row_index == 0:
+                ax.set_title(method)
+                ax.set_ylim(-0.02, 1.02)
+            else:
+                ax.set_xlabel("% of training")
+            if column == 0:
+                ax.set_ylabel(ylabel)
+            ax.set_xticks([0, 25, 50, 75, 100])
+            ax.grid(alpha=0.3)
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        ordered = [lr_label(lr) for lr in rates if lr_label(lr) in handles]
+        figure.legend(
+            [handles[label] for label in ordered],
+            ordered,
+            loc="outside right center",
+            title="learning rate",
+        )
+    return figure
+
+
+def _save_figure(figure: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and data files
+
+
+def _num(value: float | int | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _judge_column(judge: str) -> str:
+    return f"refusal_rate_{judge}"
+
+
+def results_table(results: GridResults) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows of results.csv: every cell × checkpoint, base first; missing values stay empty."""
+    other_judges = results.judges[1:]
+    fieldnames = [
+        "cell", "method", "learning_rate", "checkpoint", "fraction", "step",
+        "refusal_rate", "refusal_ci_low", "refusal_ci_high", "refusal_n",
+        *(_judge_column(j) for j in other_judges),
+        "chrf", "chrf_ci_low", "chrf_ci_high", "chrf_n",
+        MISSING,
+    ]  # fmt: skip
+    rows = []
+    for result in results.all_rows():
+        primary = result.refusal.get(results.primary_judge)
+        row = {
+            "cell": result.cell,
+            "method": result.method,
+            "learning_rate": _num(result.learning_rate),
+            "checkpoint": result.checkpoint,
+            "fraction": _num(result.fraction),
+            "step": _num(result.step),
+            "refusal_rate": _num(primary.value if primary else None),
+            "refusal_ci_low": _num(primary.ci_low if primary else None),
+            "refusal_ci_high": _num(primary.ci_high if primary else None),
+            "refusal_n": _num(primary.n if primary else None),
+            "chrf": _num(result.chrf.value if result.chrf else None),
+            "chrf_ci_low": _num(result.chrf.ci_low if result.chrf else None),
+            "chrf_ci_high": _num(result.chrf.ci_high if result.chrf else None),
+            "chrf_n": _num(result.chrf.n if result.chrf else None),
+            MISSING: ";".join(result.missing_metrics(results.primary_judge)),
+        }
+        for judge in other_judges:
+            estimate = result.refusal.get(judge)
+            row[_judge_column(judge)] = _num(estimate.value if estimate else None)
+        rows.append(row)
+    return rows, fieldnames
+
+
+def summary_metrics(results: GridResults) -> dict[str, dict[str, float]]:
+    """metrics.json: the base model and each cell's final checkpoint, measured values only."""
+    summary: dict[str, dict[str, float]] = {}
+    finals = [(BASE_CELL, results.base)] + [
+        (c.name, results.row(c.name, results.final_checkpoint)) for c in results.cells
+    ]
+    for name, row in finals:
+        if row is None:
+            continue
+        values = {}
+        if (refusal := row.refusal.get(results.primary_judge)) is not None:
+            values["refusal_rate"] = refusal.value
+        if row.chrf is not None:
+            values["chrf"] = row.chrf.value
+        if values:
+            summary[name] = values
+    return summary
+
+
+PLOT_VALUE_FIELDS = {REFUSAL: "refusal_rate", CHRF: "chrf"}
+
+
+def plot_fields(metric: str) -> list[str]:
+    return [
+        "method", "learning_rate", "cell", "checkpoint", "percent", "step",
+        PLOT_VALUE_FIELDS[metric], "ci_low", "ci_high",
+    ]  # fmt: skip
+
+
+def plot_rows(results: GridResults, metric: str) -> list[dict[str, str]]:
+    """Long-format rows for `dvc plots`: one per method × learning rate × measured checkpoint.
+
+    The base model's row is repeated at 0% for every curve, as in Figure 2. Unmeasured points
+    are left out rather than written empty, which a plot would draw as zero.
+    """
+    rows = []
+    for method, by_lr in lr_curves(results, metric).items():
+        for lr, points in by_lr.items():
+            for point in points:
+                rows.append(
+                    {
+                        "method": method,
+                        "learning_rate": repr(lr),
+                        "cell": Cell(method, lr).name,
+                        "checkpoint": point.checkpoint,
+                        "percent": _num(point.percent),
+                        "step": _num(point.step),
+                        PLOT_VALUE_FIELDS[metric]: repr(point.estimate.value),
+                        "ci_low": _num(point.estimate.ci_low),
+                        "ci_high": _num(point.estimate.ci_high),
+                    }
+                )
+    return rows
+
+
+def dvc_plot_template() -> dict[str, Any]:
+    """Vega-Lite for `dvc plots show/diff`: a panel per method, a line per learning rate.
+
+    DVC fills the `<DVC_METRIC_*>` anchors; revisions compared by `dvc plots diff` get different
+    dash patterns, so the same learning rate keeps its colour across experiments.
+    """
+    x = {"field": "<DVC_METRIC_X>", "type": "quantitative", "title": "% of training"}
+    y = {"field": "<DVC_METRIC_Y>", "type": "quantitative", "title": "<DVC_METRIC_Y_LABEL>"}
+    color = {
+        "field": "learning_rate",
+        "type": "ordinal",
+        "sort": "descending",
+        "title": "learning rate",
+        "scale": {"scheme": "category10"},
+        "legend": {
+            "labelExpr": "format(datum.value, '~e')",
+            "symbolType": "stroke",
+            "symbolStrokeWidth": 3,
+            "symbolOpacity": 1,
+        },
+    }
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "data": {"values": "<DVC_METRIC_DATA>"},
+        "title": "<DVC_METRIC_TITLE>",
+        "transform": [
+            {"calculate": "toNumber(datum['<DVC_METRIC_X>'])", "as": "<DVC_METRIC_X>"},
+            {"calculate": "toNumber(datum['<DVC_METRIC_Y>'])", "as": "<DVC_METRIC_Y>"},
+            {"calculate": "toNumber(datum.learning_rate)", "as": "learning_rate"},
+            {"calculate": "datum.ci_low === '' ? null : toNumber(datum.ci_low)", "as": "ci_low"},
+            {"calculate": "datum.ci_high === '' ? null : toNumber(datum.ci_high)", "as": "ci_high"},
+            {"window": [{"op": "row_number", "as": "row_number"}]},
+        ],
+        # Panels in the grid's order of methods, which is the order of the rows.
+        "facet": {
+            "column": {
+                "field": "method",
+                "type": "nominal",
+                "title": None,
+                "sort": {"field": "row_number", "op": "min"},
+            }
+        },
+        "spec": {
+            "width": 220,
+            "height": 220,
+            "layer": [
+                {
+                    "mark": {"type": "area", "opacity": 0.15},
+                    "transform": [{"filter": "isValid(datum.ci_low) && isValid(datum.ci_high)"}],
+                    "encoding": {
+                        "x": x,
+                        "y": {"field": "ci_low", "type": "quantitative"},
+                        "y2": {"field": "ci_high"},
+                        "color": color,
+                        "detail": {"field": "rev"},
+                    },
+                },
+                {
+                    "mark": {"type": "line", "point": True, "tooltip": {"content": "data"}},
+                    "encoding": {
+                        "x": x,
+                        "y": y,
+                        "color": color,
+                        "strokeDash": {
+                            "field": "rev",
+                            "type": "nominal",
+                            "title": "revision",
+                            "legend": {
+                                "symbolFillColor": "transparent",
+                                "symbolStrokeColor": "grey",
+                            },
+                        },
+                    },
+                },
+            ],
+        },
+        "resolve": {"scale": {"y": "shared"}},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# report.md
+
+
+def _fmt(estimate: Estimate | None, digits: int) -> str:
+    if estimate is None:
+        return MISSING
+    text = f"{estimate.value:.{digits}f}"
+    if estimate.ci_low is not None and estimate.ci_high is not None:
+        text += f" [{estimate.ci_low:.{digits}f}, {estimate.ci_high:.{digits}f}]"
+    return text
+
+
+def _md_table(header: list[str], rows: Iterable[list[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines.extend("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)
+    return lines
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _setup_section(
+    params: Mapping[str, Any], results: GridResults, data_stats: Mapping[str, Any] | None
+) -> list[str]:
+    revision = get(params, "model.revision", None)
+    pinned = "revision not pinned" if revision is None else f"revision `{revision}`"
+    lines = ["## Setup", "", f"- Model: `{get(params, 'model.source', None)}` ({pinned})"]
+    mtpref = get(params, "data.mtpref", None) or {}
+    if mtpref:
+        lines.append(
+            f"- Translation data: `{mtpref.get('source')}` (split `{mtpref.get('split')}`, "
+            f"languages {_value(mtpref.get('languages'))} → {mtpref.get('target_language')}, "
+            f"test ratio {mtpref.get('test_ratio')}, seed {mtpref.get('seed')})"
+        )
+    stats = data_stats or {}
+    counted = [
+        (label, stats[key])
+        for key, label in (
+            ("rows_read", "read"),
+            ("rows_kept", "kept"),
+            ("train_rows", "train"),
+            ("test_rows", "test"),
+        )
+        if stats.get(key) is not None
+    ]
+    if counted:
+        lines.append("- Data rows: " + ", ".join(f"{n} {label}" for label, n in counted))
+    lines.append(f"- Methods: {', '.join(get(params, 'grid.methods'))}")
+    lines.append(
+        "- Learning rates: "
+        + ", ".join(str(float(lr)) for lr in get(params, "grid.learning_rates"))
+    )
+    for method in get(params, "grid.methods"):
+        settings = get(params, f"methods.{method}", None)
+        if settings:
+            lines.append(f"  - `{method}`: {_value(flatten(settings))}")
+    lines.append(
+        f"- Refusal judged by `{results.primary_judge}` (primary)"
+        + (
+            f"; also {', '.join(f'`{j}`' for j in results.judges[1:])}"
+            if results.judges[1:]
+            else ""
+        )
+    )
+    seeds = {key: get(params, key, None) for key in SEED_KEYS}
+    present = {key: value for key, value in seeds.items() if value is not None}
+    if present:
+        lines.append("- Seeds: " + ", ".join(f"`{k}`={v}" for k, v in present.items()))
+    train = get(params, "train", None) or {}
+    if train:
+        lines += ["", "Training hyper-parameters (`params.yaml`, `train`):", ""]
+        lines += _md_table(
+            ["parameter", "value"], [[k, _value(v)] for k, v in flatten(train).items()]
+        )
+    return lines + [""]
+
+
+def _base_section(results: GridResults) -> list[str]:
+    base = results.base
+    lines = ["## Base model", ""]
+    rows = [
+        [f"refusal rate ({judge})", _fmt(base.refusal.get(judge), 3)] for judge in results.judges
+    ]
+    rows.append(["chrF", _fmt(base.chrf, 1)])
+    lines += _md_table(["metric", "value [interval]"], rows)
+    return lines + [""]
+
+
+def _results_section(results: GridResults) -> list[str]:
+    header = [
+        "cell", "checkpoint", "step", f"refusal ({results.primary_judge})",
+        *(f"refusal ({judge})" for judge in results.judges[1:]), "chrF",
+    ]  # fmt: skip
+    rows = [
+        [
+            row.cell,
+            row.checkpoint,
+            MISSING if row.step is None else row.step,
+            _fmt(row.refusal.get(results.primary_judge), 3),
+            *(_fmt(row.refusal.get(judge), 3) for judge in results.judges[1:]),
+            _fmt(row.chrf, 1),
+        ]
+        for row in results.all_rows()
+    ]
+    return ["## Results", "", "Intervals in brackets.", "", *_md_table(header, rows), ""]
+
+
+def _missing_section(results: GridResults) -> list[str]:
+    lines = ["## Missing cells", ""]
+    if not results.missing:
+        return lines + ["None: every cell and checkpoint of the grid has its metrics.", ""]
+    lines.append(
+        "These have no metrics yet (still running, failed, or not run); the figures and tables "
+        "leave them out rather than count them as zero."
+    )
+    lines.append("")
+    for cell in results.missing_cells:
+        described = "; ".join(m.describe() for m in results.missing if m.cell == cell)
+        lines.append(f"- `{cell}`: {described}")
+    return lines + [""]
+
+
+@dataclass(frozen=True)
+class PaperComparison:
+    cell: str
+    checkpoint: str
+    metric: str
+    theirs: float
+    ours: Estimate | None
+
+    @property
+    def difference(self) -> float | None:
+        return None if self.ours is None else self.ours.value - self.theirs
+
+
+def paper_comparison(results: GridResults) -> list[PaperComparison]:
+    comparisons = []
+    for cell, checkpoint, metric, theirs in PAPER_RESULTS:
+        row = results.row(cell, checkpoint)
+        ours = None
+        if row is not None:
+            ours = row.refusal.get(results.primary_judge) if metric == REFUSAL else row.chrf
+        comparisons.append(PaperComparison(cell, checkpoint, metric, theirs, ours))
+    return comparisons
+
+
+def _paper_section(results: GridResults) -> list[str]:
+    lines = [
+        "## Differences from the paper",
+        "",
+        f"Published figures of Kempermann & Ramackers (2025) for `{PAPER_MODEL}` against ours "
+        f"(refusal by `{results.primary_judge}`). Where the paper gives only a curve's "
+        "endpoints, they are compared at the first and last checkpoints.",
+        "",
+    ]
+    rows = []
+    for comparison in paper_comparison(results):
+        digits = 3 if comparison.metric == REFUSAL else 1
+        difference = comparison.difference
+        rows.append(
+            [
+                comparison.cell,
+                comparison.checkpoint,
+                "refusal rate" if comparison.metric == REFUSAL else "chrF",
+                f"{comparison.theirs:.{digits}f}",
+                _fmt(comparison.ours, digits),
+                MISSING if difference is None else f"{difference:+.{digits}f}",
+            ]
+        )
+    lines += _md_table(["cell", "checkpoint", "metric", "paper", "ours", "ours − paper"], rows)
+    return lines + [""]
+
+
+def _provenance_section(provenance: Mapping[str, Any]) -> list[str]:
+    lines = ["## Provenance", ""]
+    git = provenance.get("git") or {}
+    revision = git.get("revision")
+    dirty = git.get("dirty")
+    if revision:
+        state = {True: "uncommitted changes", False: "clean", None: "state unknown"}[dirty]
+        lines.append(f"- Git revision: `{revision}` ({state})")
+    else:
+        lines.append("- Git revision: none (not a git repository, or no commit yet)")
+    hardware = provenance.get("hardware") or {}
+    if hardware:
+        lines.append(
+            "- Hardware: " + _value({k: v for k, v in hardware.items() if v not in (None, [])})
+        )
+    seeds = provenance.get("seeds") or {}
+    if seeds:
+        lines.append("- Seeds: " + ", ".join(f"`{k}`={v}" for k, v in seeds.items()))
+    packages = provenance.get("packages") or {}
+    if packages:
+        lines += ["", "Package versions:", ""]
+        lines += _md_table(
+            ["package", "version"],
+            [[name, version or "not installed"] for name, version in packages.items()],
+        )
+    lock = provenance.get("dvc_lock")
+    lines += ["", "Pipeline inputs and outputs (`dvc.lock` when the report ran):", ""]
+    if not lock:
+        lines.append("No `dvc.lock`: the pipeline has not been run through DVC.")
+    else:
+        rows = [
+            [stage, kind, path, digest or "—"]
+            for stage, entry in lock.items()
+            for kind in ("deps", "outs")
+            for path, digest in (entry.get(kind) or {}).items()
+        ]
+        lines += _md_table(["stage", "kind", "path", "md5"], rows)
+    params = provenance.get("params")
+    if params:
+        dumped = yaml.safe_dump(params, sort_keys=False, allow_unicode=True).rstrip()
+        lines += ["", "Parameters:", "", "```yaml", dumped, "```"]
+    for key, value in provenance.items():
+        if key not in {"git", "hardware", "seeds", "packages", "dvc_lock", "params"}:
+            lines.append(f"- {key}: {_value(value)}")
+    return lines + [""]
+
+
+def render_markdown(
+    params: Mapping[str, Any],
+    results: GridResults,
+    *,
+    data_stats: Mapping[str, Any] | None,
+    provenance: Mapping[str, Any],
+) -> str:
+    fixed_lr = float(get(params, "report.fixed_lr", None) or DEFAULT_FIXED_LR)
+    study = get(params, "study.name", None) or "safetydrift"
+    lines = [f"# Safety drift under benign fine-tuning: `{study}`", ""]
+    if results.missing:
+        lines += [
+            f"**Incomplete:** {len(results.missing_cells)} cell(s) lack metrics; "
+            "see [Missing cells](#missing-cells).",
+            "",
+        ]
+    lines += _setup_section(params, results, data_stats)
+    lines += _base_section(results)
+    lines += [
+        "## Figures",
+        "",
+        f"Figure 1: refusal-rate drop from the base model against chrF at learning rate "
+        f"{fixed_lr}, at the final checkpoint (`{results.final_checkpoint}`).",
+        "",
+        f"![Figure 1: safety/performance trade-off]({FIG1.as_posix()})",
+        "",
+        "Figure 2: refusal rate and chrF over training for each method and learning rate; the "
+        "base model is the 0% point.",
+        "",
+        f"![Figure 2: learning-rate curves]({FIG2.as_posix()})",
+        "",
+    ]
+    lines += _results_section(results)
+    lines += _missing_section(results)
+    if get(params, "model.source", None) == PAPER_MODEL:
+        lines += _paper_section(results)
+    lines += _provenance_section(provenance)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def redact_secrets(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Blank out the value of any secret-looking environment variable that made it into `text`."""
+    environ = os.environ if environ is None else environ
+    for name, value in environ.items():
+        if SECRET_ENV_NAME.search(name) and len(value) >= 8 and value in text:
+            text = text.replace(value, "[redacted]")
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What `write_report` wrote, and which cells had no (or incomplete) metrics."""
+
+    paths: dict[str, Path]
+    missing_cells: list[str]
+    missing: list[Missing]
+
+
+def write_report(
+    params: dict[str, Any],
+    metrics_dir: Path,
+    out_dir: Path,
+    *,
+    data_stats: dict[str, Any] | None,
+    provenance: dict[str, Any],
+) -> ReportResult:
+    """Write figures, tables, DVC metrics/plots data and report.md under `out_dir`.
+
+    Every file is replaced atomically, and report.md last, so a crash part-way leaves the
+    previous report's Markdown rather than one pointing at half-written figures.
+    """
+    out_dir = Path(out_dir)
+    results = collect_results(params, metrics_dir)
+    fixed_lr = float(get(params, "report.fixed_lr", None) or DEFAULT_FIXED_LR)
+    paths = {
+        "fig1": out_dir / FIG1,
+        "fig2": out_dir / FIG2,
+        "results_csv": out_dir / RESULTS_CSV,
+        "metrics_json": out_dir / METRICS_JSON,
+        "plots_refusal": out_dir / PLOTS_REFUSAL,
+        "plots_chrf": out_dir / PLOTS_CHRF,
+        "plots_template": out_dir / PLOTS_TEMPLATE,
+        "report": out_dir / REPORT_MD,
+    }
+
+    _save_figure(tradeoff_figure(results, fixed_lr), paths["fig1"])
+    _save_figure(lr_curves_figure(results), paths["fig2"])
+    rows, fieldnames = results_table(results)
+    write_csv(paths["results_csv"], rows, fieldnames)
+    write_json(paths["metrics_json"], summary_metrics(results))
+    write_csv(paths["plots_refusal"], plot_rows(results, REFUSAL), plot_fields(REFUSAL))
+    write_csv(paths["plots_chrf"], plot_rows(results, CHRF), plot_fields(CHRF))
+    write_json(paths["plots_template"], dvc_plot_template())
+
+    markdown = render_markdown(params, results, data_stats=data_stats, provenance=provenance)
+    with atomic_path(paths["report"]) as tmp:
+        tmp.write_text(redact_secrets(markdown), encoding="utf-8")
+    return ReportResult(paths=paths, missing_cells=results.missing_cells, missing=results.missing)
+
+
+def _git(repo_root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=repo_root, capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _dvc_lock_hashes(path: Path) -> dict[str, dict[str, dict[str, str | None]]] | None:
+    if not path.exists():
+        return None
+    # Every scalar as a string: an unquoted hash of digits alone would otherwise load as an int.
+    lock = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader) or {}
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    if not isinstance(stages, dict):
+        raise ValueError(f"{path}: expected a `stages` mapping")
+    hashes: dict[str, dict[str, dict[str, str | None]]] = {}
+    for stage, entry in stages.items():
+        entry = entry or {}
+        hashes[stage] = {
+            kind: {str(item["path"]): item.get("md5") for item in entry.get(kind) or []}
+            for kind in ("deps", "outs")
+        }
+    return hashes
+
+
+def _package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _hardware() -> dict[str, Any]:
+    hardware: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "gpus": [],
+    }
+    # Importing torch only to name the GPU would cost seconds; a stage that used the GPU has it.
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        hardware["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return hardware
+
+
+def collect_provenance(repo_root: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """What produced this report: code revision, input hashes, packages, hardware, seeds, params.
+
+    Deliberately nothing from the environment: variables such as HF_TOKEN must never reach a
+    report that is committed and shared.
+    """
+    repo_root = Path(repo_root)
+    revision = _git(repo_root, "rev-parse", "--verify", "--quiet", "HEAD")
+    status = _git(repo_root, "status", "--porcelain", "--untracked-files=no") if revision else None
+    return {
+        "git": {"revision": revision, "dirty": None if status is None else bool(status)},
+        "dvc_lock": _dvc_lock_hashes(repo_root / "dvc.lock"),
+        "packages": _package_versions(),
+        "hardware": _hardware(),
+        "seeds": {key: value for key in SEED_KEYS if (value := get(params, key, None)) is not None},
+        "params": copy.deepcopy(params),
+    }

@@ -1,0 +1,179 @@
+"""StaticCacheDecoder against plain one-prompt-at-a-time greedy `generate` (float32)."""
+
+from collections import Counter
+
+import pytest
+import torch
+import transformers
+from transformers import AutoModelForCausalLM
+
+from safetydrift.decoding import Decoded, StaticCacheDecoder
+
+MAX_NEW = 24
+PAD = 0
+SIZES = dict(
+    vocab_size=384,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
+def tiny_model(family: str, device: str = "cpu"):
+    torch.manual_seed(0)
+    if family == "qwen2":
+        config = transformers.Qwen2Config(**SIZES)
+    else:
+        config = transformers.LlamaConfig(**SIZES, max_position_embeddings=256)
+    model = AutoModelForCausalLM.from_config(config).to(device=device, dtype=torch.float32).eval()
+    # Llama's config names eos 2; the tests choose their own stop tokens.
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def random_prompts(count: int = 12, seed: int = 1) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 21, (count,), generator=generator).tolist()
+    return [torch.randint(3, 384, (n,), generator=generator).tolist() for n in lengths]
+
+
+def reference(model, prompts, eos: list[int] | None, max_new_tokens: int = MAX_NEW):
+    device = next(model.parameters()).device
+    results = []
+    for prompt in prompts:
+        with torch.inference_mode():
+            output = model.generate(
+                torch.tensor([prompt], device=device),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=PAD,
+            )
+        tokens = output[0, len(prompt) :].tolist()
+        stop = next((i for i, t in enumerate(tokens) if eos and t in eos), None)
+        if stop is None:
+            results.append(Decoded(tokens, "length"))
+        else:
+            results.append(Decoded(tokens[:stop], "stop"))
+    return results
+
+
+def stop_tokens(model, prompts) -> list[int]:
+    """Two ids the model produces early for some prompts but not for all, so both ends occur."""
+    early = Counter()
+    for decoded in reference(model, prompts, eos=None, max_new_tokens=8):
+        early.update(set(decoded.token_ids[1:8]))
+    chosen = [t for t, n in early.most_common() if n < len(prompts)][:2]
+    return chosen
+
+
+def check(decoder, model, prompts, eos):
+    want = reference(model, prompts, eos)
+    assert {d.finish_reason for d in want} == {"stop", "length"}
+    got = decoder.decode(prompts)
+    assert got == want
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+@pytest.mark.parametrize("max_batch_size", [1024, 5])
+def test_matches_generate(family, max_batch_size):
+    model = tiny_model(family)
+    prompts = random_prompts()
+    eos = stop_tokens(model, prompts)
+    decoder = StaticCacheDecoder(
+        model,
+        eos_token_ids=eos,
+        pad_token_id=PAD,
+        max_new_tokens=MAX_NEW,
+        max_batch_size=max_batch_size,
+    )
+    check(decoder, model, prompts, eos)
+    # Our attention is swapped in for `decode` only.
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_next_checkpoint_reuses_the_decoder():
+    model = tiny_model("qwen2")
+    prompts = random_prompts()
+    eos = stop_tokens(model, prompts)
+    decoder = StaticCacheDecoder(model, eos_token_ids=eos, pad_token_id=PAD, max_new_tokens=MAX_NEW)
+    check(decoder, model, prompts, eos)
+    slots = dict(decoder._slots)
+
+    # The next checkpoint's weights are copied into the same tensors, as ModelHolder does.
+    generator = torch.Generator().manual_seed(5)
+    state = {
+        k: v + 0.02 * torch.randn(v.shape, generator=generator)
+        for k, v in model.state_dict().items()
+    }
+    model.load_state_dict(state)
+    check(decoder, model, prompts, eos)
+    assert decoder._slots == slots
+
+    decoder.reset()
+    check(decoder, model, list(reversed(prompts)), eos)
+
+
+def test_peft_lora_model():
+    peft = pytest.importorskip("peft")
+    base = tiny_model("qwen2")
+    prompts = random_prompts(seed=3)
+    base_outputs = reference(base, prompts, eos=None)
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    model = peft.get_peft_model(base, config).eval()
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    assert reference(model, prompts, eos=None) != base_outputs  # the adapter matters
+
+    eos = stop_tokens(model, prompts)
+    decoder = StaticCacheDecoder(
+        model, eos_token_ids=eos, pad_token_id=PAD, max_new_tokens=MAX_NEW, max_batch_size=7
+    )
+    check(decoder, model, prompts, eos)
+
+
+def test_edges():
+    model = tiny_model("qwen2")
+    prompts = random_prompts(count=4)
+    first = [d.token_ids[0] for d in reference(model, prompts, eos=None, max_new_tokens=1)]
+    decoder = StaticCacheDecoder(
+        model, eos_token_ids=[first[0]], pad_token_id=PAD, max_new_tokens=1
+    )
+    got = decoder.decode(prompts)
+    assert got[0] == Decoded([], "stop")
+    assert [d.token_ids for d in got[1:]] == [[t] if t != first[0] else [] for t in first[1:]]
+    assert decoder.decode([]) == []
+    with pytest.raises(ValueError, match="empty"):
+        decoder.decode([[5], []])
+    model.train()
+    with pytest.raises(ValueError, match="eval"):
+        decoder.decode(prompts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_cuda_graphs_match_generate(family):
+    model = tiny_model(family, device="cuda")
+    prompts = random_prompts()
+    eos = stop_tokens(model, prompts)
+    decoder = StaticCacheDecoder(
+        model, eos_token_ids=eos, pad_token_id=PAD, max_new_tokens=MAX_NEW, max_batch_size=5
+    )
+    assert decoder.use_cuda_graphs
+    check(decoder, model, prompts, eos)
+    assert all(slot.graph is not None for slot in decoder._slots.values())
+    graphs = [slot.graph for slot in decoder._slots.values()]
+
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    check(decoder, model, prompts, eos)
+    assert [slot.graph for slot in decoder._slots.values()] == graphs  # replayed, not recaptured
