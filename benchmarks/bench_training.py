@@ -33,7 +33,9 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base", type=Path, default=Path("models/base"))
     parser.add_argument("--train", type=Path, default=Path("data/mtpref/train.jsonl"))
     parser.add_argument("--params", type=Path, default=Path("presets/paper.yaml"))
@@ -69,17 +71,26 @@ def main() -> None:
             }
             if "plain" in losses and variant != "plain":
                 pairs_of_losses = zip(losses["plain"], result.losses, strict=False)
-                row["max_loss_difference_vs_plain"] = round(max(abs(a - b) for a, b in pairs_of_losses), 4)
+                row["max_loss_difference_vs_plain"] = round(
+                    max(abs(a - b) for a, b in pairs_of_losses), 4
+                )
             results.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
-    print(f"\n{'method':6} {'variant':7} {'ex/s':>7} {'tok/s':>8} {'peak GiB':>8} {'loss':>7} {'Δloss':>7}")
+    header = ("method", "variant", "ex/s", "tok/s", "peak GiB", "loss", "Δloss")
+    print("\n" + " ".join(f"{h:>9}" for h in header))
     for r in results:
-        print(
-            f"{r['method']:6} {r['variant']:7} {r['examples_per_second']:7.1f} {r['tokens_per_second']:8.0f} "
-            f"{r['peak_memory_gib']:8.2f} {r['final_loss']:7.4f} {r.get('max_loss_difference_vs_plain', ''):>7}"
+        cells = (
+            r["method"],
+            r["variant"],
+            r["examples_per_second"],
+            r["tokens_per_second"],
+            r["peak_memory_gib"],
+            r["final_loss"],
+            r.get("max_loss_difference_vs_plain", ""),
         )
+        print(" ".join(f"{c:>9}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,16 @@ from safetydrift.pipeline import STAGE_PARAMS
 def test_presets_are_complete_and_params_yaml_is_the_paper():
     assert {"paper", "standin", "smoke"} <= set(available_presets(ROOT))
     assert load_params(ROOT / "params.yaml") == load_params(ROOT / "presets" / "paper.yaml")
-    keys = lambda d, p="": {f"{p}{k}" for k in d} | {  # noqa: E731
-        x for k, v in d.items() if isinstance(v, dict) for x in keys(v, f"{p}{k}.")
-    }
+
+    def keys(tree, prefix=""):
+        nested = {
+            k
+            for key, value in tree.items()
+            if isinstance(value, dict)
+            for k in keys(value, f"{prefix}{key}.")
+        }
+        return {f"{prefix}{key}" for key in tree} | nested
+
     paper = keys(load_params(ROOT / "presets" / "paper.yaml"))
     for name in ("standin", "smoke"):
         assert keys(load_params(ROOT / "presets" / f"{name}.yaml")) - {"model.seed"} == paper
@@ -23,7 +30,9 @@ def test_presets_are_complete_and_params_yaml_is_the_paper():
 def test_the_preset_command_switches_params_yaml(tmp_path):
     (tmp_path / "presets").mkdir()
     for name in ("paper", "smoke"):
-        (tmp_path / "presets" / f"{name}.yaml").write_text((ROOT / "presets" / f"{name}.yaml").read_text())
+        (tmp_path / "presets" / f"{name}.yaml").write_text(
+            (ROOT / "presets" / f"{name}.yaml").read_text()
+        )
     cli = [sys.executable, "-m", "safetydrift.cli", "preset"]
     done = subprocess.run([*cli, "smoke"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

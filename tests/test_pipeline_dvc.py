@@ -11,7 +11,11 @@ from conftest import copy_project, stage_env
 
 def dvc(project, *args, check=True):
     done = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=project, env=stage_env(), capture_output=True, text=True
+        [sys.executable, "-m", "dvc", *args],
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
     )
     if check and done.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
@@ -27,7 +31,10 @@ def changed_stages(project) -> set[str]:
 def smoke_project(tmp_path_factory):
     project = copy_project(tmp_path_factory.mktemp("project"))
     subprocess.run(
-        [sys.executable, "-m", "safetydrift.cli", "preset", "smoke"], cwd=project, check=True, env=stage_env()
+        [sys.executable, "-m", "safetydrift.cli", "preset", "smoke"],
+        cwd=project,
+        check=True,
+        env=stage_env(),
     )
     env = stage_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlruns.db'}"
@@ -40,7 +47,9 @@ def smoke_project(tmp_path_factory):
 
 def test_smoke_repro_fills_data_models_and_reports(smoke_project):
     project = smoke_project
-    assert (project / "data/mtpref/train.jsonl").exists() and (project / "data/advbench.jsonl").exists()
+    assert (project / "data/mtpref/train.jsonl").exists() and (
+        project / "data/advbench.jsonl"
+    ).exists()
     assert (project / "models/base/model.safetensors").exists()
     for cell in ("full-0.001", "lora-0.001", "dpo-0.001"):
         assert len(list((project / "models" / cell).glob("ckpt-*"))) == 4
@@ -50,9 +59,10 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
         assert 0 <= chrf["checkpoints"]["ckpt-100"]["chrf"] <= 100
     assert (project / "reports/figures/fig1_tradeoff.png").exists()
     assert (project / "reports/figures/fig2_lr_curves.png").exists()
-    assert "## Provenance" in (project / "reports/report.md").read_text() or "Provenance" in (
-        project / "reports/report.md"
-    ).read_text()
+    assert (
+        "## Provenance" in (project / "reports/report.md").read_text()
+        or "Provenance" in (project / "reports/report.md").read_text()
+    )
     assert (project / "dvc.lock").exists()
     assert changed_stages(project) == set()
     shown = dvc(project, "metrics", "show", "--json").stdout
@@ -91,7 +101,9 @@ def test_one_learning_rate_changes_only_its_cells(smoke_project):
             for stage in ("train", "generate_refusal", "eval_refusal", "generate_chrf", "eval_chrf")
         }
         assert changed == expected | {"report"} or changed == expected
-        assert not any(s.startswith(("prepare", "generate_refusal_base", "eval_chrf_base")) for s in changed)
+        assert not any(
+            s.startswith(("prepare", "generate_refusal_base", "eval_chrf_base")) for s in changed
+        )
     finally:
         params_file.write_text(original)
 
@@ -106,9 +118,11 @@ def test_changing_the_judges_rejudges_without_generating(smoke_project):
         changed = changed_stages(smoke_project)
         assert changed and all(s.startswith("eval_refusal") for s in changed)
         assert {"eval_refusal_base", "eval_refusal@lora-0.001"} <= changed
+        generations = sorted((smoke_project / "generations").rglob("*.jsonl"))
+        written = {path: path.stat().st_mtime_ns for path in generations}
         dvc(smoke_project, "repro")
         verdicts = json.loads((smoke_project / "metrics/refusal/base.json").read_text())
         assert list(verdicts["checkpoints"]["ckpt-000"]["judges"]) == ["prefixes-advbench"]
+        assert {path: path.stat().st_mtime_ns for path in generations} == written
     finally:
         params_file.write_text(original)
-        dvc(smoke_project, "repro")

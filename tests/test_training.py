@@ -126,7 +126,7 @@ def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
     params = yaml.safe_load((project / "presets" / "smoke.yaml").read_text())
     params["data"]["mtpref"]["source"] = str(project / "big.jsonl")
     fixture = (project / "tests" / "fixtures" / "mtpref-tiny.jsonl").read_text()
-    (project / "big.jsonl").write_text(fixture * 40)  # enough steps to be caught halfway
+    (project / "big.jsonl").write_text(fixture * 12)  # enough steps to be caught halfway
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     env = stage_env()
     for stage in ("prepare_mtpref", "prepare_model"):
@@ -171,3 +171,19 @@ def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
         "ckpt-100",
     ]
     assert not list(Path(project / "models").glob("*.partial"))
+
+
+def test_several_processes_need_as_many_gpus():
+    import torch
+
+    from safetydrift.methods import distributed_launch
+
+    params = params_with(num_processes=2, per_device_batch_size=1)
+    settings = train_settings(params, "full", 1e-4)
+    if torch.cuda.device_count() >= 2:
+        command = distributed_launch(settings, ["stages/train.py", "--method", "full"])
+        assert "--multi_gpu" in command and command[-3:] == ["stages/train.py", "--method", "full"]
+    else:
+        with pytest.raises(ParamError, match="`train.num_processes` is 2, but this machine has"):
+            distributed_launch(settings, ["stages/train.py"])
+    assert distributed_launch(train_settings(PARAMS, "full", 1e-4), ["stages/train.py"]) is None

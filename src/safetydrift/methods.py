@@ -69,6 +69,7 @@ class TrainSettings:
     padding_free: bool
     gradient_checkpointing: bool
     num_processes: int = 1
+    distributed: str = "ddp"  # or "fsdp", when num_processes > 1
     lora: LoraSettings | None = None
     quantization: dict[str, Any] | None = None
     beta: float | None = None
@@ -106,6 +107,7 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         padding_free=bool(train.get("padding_free", False)),
         gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
         num_processes=int(train.get("num_processes", 1)),
+        distributed=str(train.get("distributed", "ddp")),
     )
     if settings.per_device_batch_size <= 0 or settings.effective_batch_size <= 0:
         raise ParamError(
@@ -121,6 +123,14 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         not 0 < f <= 1 for f in settings.checkpoint_fractions
     ):
         raise ParamError("params.yaml: `train.checkpoint_fractions` must be fractions in (0, 1]")
+    if settings.num_processes < 1:
+        raise ParamError(
+            f"params.yaml: `train.num_processes` must be >= 1, got {settings.num_processes}"
+        )
+    if settings.distributed not in ("ddp", "fsdp"):
+        raise ParamError(
+            f"params.yaml: `train.distributed` must be ddp or fsdp, got {settings.distributed!r}"
+        )
     if settings.precision not in ("auto", "bf16", "fp32"):
         raise ParamError(
             f"params.yaml: `train.precision` must be auto, bf16 or fp32, got {settings.precision}"
@@ -134,6 +144,43 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
     if method == "dpo":
         settings.beta = positive_float(method_params.get("beta", 0.1), "methods.dpo.beta")
     return settings
+
+
+def distributed_launch(settings: TrainSettings, script_and_args: Sequence[str]) -> list[str] | None:
+    """The `accelerate launch` command that reruns the train stage on several processes.
+
+    None when one process trains, or when this process already is one of the launched ranks.
+    """
+    import os
+    import sys
+
+    if settings.num_processes == 1 or "LOCAL_RANK" in os.environ:
+        return None
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus < settings.num_processes:
+        raise ParamError(
+            f"params.yaml: `train.num_processes` is {settings.num_processes}, but this machine has "
+            f"{gpus} CUDA GPU(s); one process trains on each GPU"
+        )
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    command += ["--num_processes", str(settings.num_processes), "--num_machines", "1"]
+    if settings.distributed == "fsdp":
+        command += [
+            "--use_fsdp",
+            "--fsdp_sharding_strategy",
+            "FULL_SHARD",
+            "--fsdp_auto_wrap_policy",
+            "TRANSFORMER_BASED_WRAP",
+            "--fsdp_state_dict_type",
+            "FULL_STATE_DICT",
+            "--fsdp_use_orig_params",
+            "true",
+        ]
+    else:
+        command += ["--multi_gpu"]
+    return [*command, *script_and_args]
 
 
 def total_steps(n_examples: int, settings: TrainSettings) -> int:
@@ -360,7 +407,9 @@ def peak_memory_bytes() -> int | None:
     return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 
 
-def make_recorder(settings: TrainSettings, steps: dict[int, float], out_dir: Path, tracker, save_dtype):
+def make_recorder(
+    settings: TrainSettings, steps: dict[int, float], out_dir: Path, tracker, save_dtype
+):
     """A TrainerCallback that writes the checkpoints and sends step metrics to MLflow."""
     from transformers import TrainerCallback
 
@@ -377,8 +426,17 @@ def make_recorder(settings: TrainSettings, steps: dict[int, float], out_dir: Pat
             self.pending: list[tuple[int, dict[str, float]]] = []
             self.written: list[dict[str, Any]] = []
 
+        trainer = None  # set once the trainer exists: FSDP gathers weights through it
+
         def on_log(self, args, state, control, logs=None, model=None, processing_class=None, **kw):
-            if not state.is_world_process_zero or not logs:
+            if not logs:
+                return
+            if state.global_step in steps and state.global_step not in self.written_steps:
+                weights = self.gathered_weights()  # a collective: every rank must take part
+                if not state.is_world_process_zero:
+                    self.written.append({"step": state.global_step})
+                    return
+            elif not state.is_world_process_zero:
                 return
             metrics = {k: logs[k] for k in ("loss", "learning_rate", "grad_norm") if k in logs}
             metrics.update({k: v for k, v in logs.items() if k.startswith(("rewards/", "logps/"))})
@@ -387,20 +445,27 @@ def make_recorder(settings: TrainSettings, steps: dict[int, float], out_dir: Pat
             if metrics:
                 self.pending.append((state.global_step, metrics))
             if state.global_step in steps and state.global_step not in self.written_steps:
-                self.write(state, model, processing_class)
+                self.write(state, model, processing_class, weights)
                 self.flush()
+
+        def gathered_weights(self):
+            """Full weights of an FSDP-sharded model; None where the model holds them already."""
+            if self.trainer is not None and getattr(self.trainer, "is_fsdp_enabled", False):
+                return self.trainer.accelerator.get_state_dict(self.trainer.model_wrapped)
+            return None
 
         @property
         def written_steps(self) -> set[int]:
             return {record["step"] for record in self.written}
 
-        def write(self, state, model, tokenizer) -> None:
+        def write(self, state, model, tokenizer, weights) -> None:
             fraction = steps[state.global_step]
             path = out_dir / checkpoint_label(fraction)
-            weights = None
+            if weights is None and settings.lora is None:
+                weights = model.state_dict()
             if settings.lora is None and save_dtype is not None:
                 # The optimizer's float32 master weights are saved in the base model's dtype.
-                weights = {k: v.to(save_dtype) for k, v in model.state_dict().items()}
+                weights = {k: v.to(save_dtype) for k, v in weights.items()}
             model.save_pretrained(path, safe_serialization=True, state_dict=weights)
             if settings.lora is None and tokenizer is not None:
                 tokenizer.save_pretrained(path)
@@ -462,6 +527,7 @@ def train_cell(
     torch.manual_seed(settings.seed)
     trainer = build_trainer(settings, base_dir, pairs, work_dir)
     recorder = make_recorder(settings, steps, out_dir, tracker, saved_dtype(base_dir))
+    recorder.trainer = trainer
     trainer.add_callback(recorder)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -7,6 +7,7 @@ holds the two together), so DVC reruns a stage exactly when something it reads h
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -124,6 +125,14 @@ def train(params: dict[str, Any], method: str, learning_rate: float) -> dict[str
     settings = train_settings(params, method, learning_rate)  # every check before any loading
     cell = Cell(method, settings.learning_rate)
     pairs = read_pairs(MTPREF_DIR / "train.jsonl")
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Other ranks of an `accelerate launch` train alongside rank 0, which alone writes
+        # the checkpoints and tracks the run.
+        with tempfile.TemporaryDirectory(prefix="safetydrift-rank-") as scratch:
+            train_cell(
+                settings, BASE_MODEL_DIR, pairs, Path(scratch) / "out", Path(scratch) / "work"
+            )
+        return {}
     out_dir = MODELS_DIR / cell.name
     logged = {
         **stage_params(params, "train", method=method),
