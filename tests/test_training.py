@@ -187,3 +187,11 @@ def test_several_processes_need_as_many_gpus():
         with pytest.raises(ParamError, match="`train.num_processes` is 2, but this machine has"):
             distributed_launch(settings, ["stages/train.py"])
     assert distributed_launch(train_settings(PARAMS, "full", 1e-4), ["stages/train.py"]) is None
+
+
+def test_a_diverged_run_fails_instead_of_writing_checkpoints(
+    base_model_dir, prepared_mtpref, tmp_path
+):
+    pairs = read_pairs(prepared_mtpref / "train.jsonl")
+    with pytest.raises(FloatingPointError, match="training diverged: the loss is"):
+        train("full", pairs, base_model_dir, tmp_path, lr=1e8, warmup_ratio=0.0, weight_decay=0.0)

@@ -11,7 +11,12 @@ from typing import Any
 
 # Errors that come from the user's input (params, data, model paths): shown as one clear line
 # instead of a traceback. Anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    RuntimeError,
+    FloatingPointError,
+)
 
 
 def configure_logging() -> None:

@@ -20,6 +20,10 @@ for a single query it folds the query heads that share a key/value head into the
 axis, so each step reads the cache once per key/value head, where transformers' SDPA path with a
 mask (5.17) repeats the whole cache for every query head of the group first.
 
+Rows that have stopped stay in the batch (producing padding) until all have: on an H100 with
+Qwen2.5-0.5B in bf16 a replayed step costs about 3.1 ms whatever the rows plus about 4 us a row
+(5.1 ms for 520), so moving the survivors into a smaller batch would save a fifth at most.
+
 Results equal transformers' greedy `generate` token for token, in float32 (tests/test_decoding.py).
 """
 

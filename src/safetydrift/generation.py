@@ -206,8 +206,16 @@ class HFEngine:
 
     def generate(self, model, prompt_ids: Sequence[list[int]]) -> list[tuple[list[int], str]]:
         import torch
+        from transformers import GenerationConfig
 
         eos = eos_token_ids(self.tokenizer, model)
+        # A fresh config: the model's own may sample or penalise repetition; the study is greedy.
+        greedy = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=self.settings.max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
         order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
         results: list[tuple[list[int], str]] = [([], "")] * len(prompt_ids)
         pad = self.tokenizer.pad_token_id
@@ -225,13 +233,7 @@ class HFEngine:
                 output = model.generate(
                     input_ids=ids.to(device),
                     attention_mask=mask.to(device),
-                    do_sample=False,
-                    max_new_tokens=self.settings.max_new_tokens,
-                    eos_token_id=eos,
-                    pad_token_id=pad,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
+                    generation_config=greedy,
                 )
             for row, index in enumerate(batch):
                 results[index] = split_at_stop(output[row, width:].tolist(), eos)

@@ -338,6 +338,7 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path, bf16: bool) -> 
         "seed": settings.seed,
         "data_seed": settings.seed,
         "logging_steps": 1,
+        "logging_nan_inf_filter": False,  # a diverged run must show its NaN, not an average
         "save_strategy": "no",  # checkpoints are written by CheckpointWriter, as safetensors
         "report_to": "none",  # metrics go to the stage's own MLflow run
         "gradient_checkpointing": settings.gradient_checkpointing,
@@ -441,7 +442,13 @@ def make_recorder(
             metrics = {k: logs[k] for k in ("loss", "learning_rate", "grad_norm") if k in logs}
             metrics.update({k: v for k, v in logs.items() if k.startswith(("rewards/", "logps/"))})
             if "loss" in metrics:
-                self.losses.append(float(metrics["loss"]))
+                loss = float(metrics["loss"])
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training diverged: the loss is {loss} at step {state.global_step}; "
+                        "no checkpoint of this run is kept (try a lower learning rate or fp32)"
+                    )
+                self.losses.append(loss)
             if metrics:
                 self.pending.append((state.global_step, metrics))
             if state.global_step in steps and state.global_step not in self.written_steps:
