@@ -97,12 +97,14 @@ def read_hub_table(hub_id: str, revision: str | None, split: str) -> list[dict[s
     return dataset.to_list()
 
 
-def resolve_hub_revision(hub_id: str, revision: str | None) -> str | None:
+def resolve_hub_revision(
+    hub_id: str, revision: str | None, repo_type: str = "dataset"
+) -> str | None:
     """The commit sha behind a branch name, so the stats record what was really read."""
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().dataset_info(hub_id, revision=revision).sha
+        return HfApi().repo_info(hub_id, revision=revision, repo_type=repo_type).sha
     except Exception as error:  # offline or gated: the requested revision is still recorded
         log.warning("could not resolve the revision of %s (%s)", hub_id, error)
         return None

@@ -114,7 +114,9 @@ def load_source(spec: ModelSpec):
         location = spec.source
         common["revision"] = spec.revision
         info["revision"] = spec.revision or "main"
-        info["resolved_revision"] = _resolve_model_revision(spec.source, spec.revision)
+        from safetydrift.data import resolve_hub_revision
+
+        info["resolved_revision"] = resolve_hub_revision(spec.source, spec.revision, "model")
 
     tokenizer = AutoTokenizer.from_pretrained(location, **common)
     if spec.chat_template:
@@ -145,16 +147,6 @@ def load_source(spec: ModelSpec):
         # Batched generation pads on the left; the end-of-sequence token is never attended to.
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, info
-
-
-def _resolve_model_revision(hub_id: str, revision: str | None) -> str | None:
-    try:
-        from huggingface_hub import HfApi
-
-        return HfApi().model_info(hub_id, revision=revision).sha
-    except Exception as error:  # offline or gated: the requested revision is still recorded
-        log.warning("could not resolve the revision of %s (%s)", hub_id, error)
-        return None
 
 
 def prepare_model(spec: ModelSpec, out_dir: Path) -> dict[str, Any]:
