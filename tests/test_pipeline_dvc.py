@@ -51,7 +51,7 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
         project / "data/advbench.jsonl"
     ).exists()
     assert (project / "models/base/model.safetensors").exists()
-    for cell in ("full-0.001", "lora-0.001", "dpo-0.001"):
+    for cell in ("full-0.001", "lora-0.001"):
         assert len(list((project / "models" / cell).glob("ckpt-*"))) == 4
         refusal = json.loads((project / "metrics/refusal" / f"{cell}.json").read_text())
         assert sorted(refusal["checkpoints"]) == ["ckpt-025", "ckpt-050", "ckpt-075", "ckpt-100"]
@@ -77,7 +77,7 @@ def test_mlflow_store_holds_a_run_per_stage_cell(smoke_project):
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     names = {run.info.run_name for run in runs}
     assert {"prepare_mtpref", "prepare_advbench", "prepare_model", "report"} <= names
-    assert {"train@lora-0.001", "generate_refusal@base", "eval_chrf@dpo-0.001"} <= names
+    assert {"train@lora-0.001", "generate_refusal@base", "eval_chrf@full-0.001"} <= names
     train = next(r for r in runs if r.info.run_name == "train@full-0.001")
     history = client.get_metric_history(train.info.run_id, "loss")
     assert len(history) == 10 and {m.step for m in history} == set(range(1, 11))
