@@ -3,8 +3,9 @@
 Runs the library's own `train_cell` (the train stage without DVC and MLflow) on the first
 `--examples` rows of the train split, once per method and variant:
 
-- `plain`: padded batches and PyTorch's for-loop AdamW, as TRL's defaults train;
-- `fast`: the pipeline's defaults (padding-free batches, fused AdamW).
+- `plain`: padded batches, PyTorch's for-loop AdamW and eager kernels, as TRL's defaults train;
+- `fast`: the pipeline's GPU defaults: padded batches, fused AdamW, decoder blocks compiled;
+- `packed`: `fast` with padding-free batches (each batch packed into one row).
 
 Both variants see the same examples in the same order with the same seed, so their per-step
 losses must agree up to floating-point noise; the script reports the largest difference.
@@ -27,8 +28,9 @@ from safetydrift.data import read_pairs
 from safetydrift.methods import train_cell, train_settings
 
 VARIANTS = {
-    "plain": {"padding_free": False, "optimizer": "adamw_torch"},
-    "fast": {"padding_free": True, "optimizer": "adamw_torch_fused"},
+    "plain": {"padding_free": False, "optimizer": "adamw_torch", "compile": False},
+    "fast": {"padding_free": False, "optimizer": "adamw_torch_fused", "compile": True},
+    "packed": {"padding_free": True, "optimizer": "adamw_torch_fused", "compile": True},
 }
 
 
@@ -41,7 +43,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("presets/paper.yaml"))
     parser.add_argument("--examples", type=int, default=800)
     parser.add_argument("--methods", default="full,lora,qlora,dpo")
-    parser.add_argument("--variants", default="plain,fast")
+    parser.add_argument("--variants", default="plain,fast,packed")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -65,6 +67,7 @@ def main() -> None:
                 "steps": result.steps,
                 "seconds": round(result.train_seconds, 2),
                 "examples_per_second": round(result.examples_per_second, 1),
+                "steady_examples_per_second": round(result.steady_examples_per_second or 0, 1),
                 "tokens_per_second": round(result.tokens_per_second or 0, 0),
                 "peak_memory_gib": round((result.peak_memory_bytes or 0) / 2**30, 2),
                 "final_loss": round(result.final_loss, 4),
@@ -78,13 +81,14 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
-    header = ("method", "variant", "ex/s", "tok/s", "peak GiB", "loss", "Δloss")
+    header = ("method", "variant", "ex/s", "steady", "tok/s", "peak GiB", "loss", "Δloss")
     print("\n" + " ".join(f"{h:>9}" for h in header))
     for r in results:
         cells = (
             r["method"],
             r["variant"],
             r["examples_per_second"],
+            r["steady_examples_per_second"],
             r["tokens_per_second"],
             r["peak_memory_gib"],
             r["final_loss"],

@@ -195,3 +195,29 @@ def test_a_diverged_run_fails_instead_of_writing_checkpoints(
     pairs = read_pairs(prepared_mtpref / "train.jsonl")
     with pytest.raises(FloatingPointError, match="training diverged: the loss is"):
         train("full", pairs, base_model_dir, tmp_path, lr=1e8, warmup_ratio=0.0, weight_decay=0.0)
+
+
+def test_compile_setting_is_validated_and_a_method_may_override_it():
+    assert train_settings(params_with(compile="auto"), "full", 1e-4).compile == "auto"
+    assert train_settings(params_with(compile=True), "full", 1e-4).compile == "on"
+    params = params_with(compile=True)
+    params["methods"]["lora"]["compile"] = False
+    assert train_settings(params, "lora", 1e-4).compile == "off"
+    with pytest.raises(ParamError, match="`train.compile` .* must be auto, true or false"):
+        train_settings(params_with(compile="fast"), "full", 1e-4)
+
+
+def test_regional_compilation_compiles_every_decoder_block_in_place(base_model_dir):
+    import torch
+
+    from safetydrift.methods import compile_blocks, use_compile
+    from safetydrift.models import load_model
+
+    model = load_model(base_model_dir, dtype="float32")
+    names_before = list(model.state_dict())
+    assert compile_blocks(model) == model.config.num_hidden_layers
+    blocks = [m for m in model.modules() if type(m).__name__ == "Qwen2DecoderLayer"]
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+    assert list(model.state_dict()) == names_before  # checkpoints keep their weight names
+    auto = train_settings(PARAMS, "full", 1e-4)
+    assert use_compile(auto) == torch.cuda.is_available()

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 # Errors that come from the user's input (params, data, model paths): shown as one clear line
@@ -82,6 +83,24 @@ def _report(args: argparse.Namespace) -> None:
         print(f"missing cells: {', '.join(result.missing_cells)}", file=sys.stderr)
 
 
+def _repro(args: argparse.Namespace) -> None:
+    from safetydrift.timing import timed_repro
+
+    dvc_args = args.dvc_args[1:] if args.dvc_args[:1] == ["--"] else args.dvc_args
+    sys.exit(timed_repro(dvc_args, Path(args.timings)))
+
+
+def _timings(args: argparse.Namespace) -> None:
+    from safetydrift.timing import combine, markdown_table
+
+    combined = combine(args.files)
+    print(markdown_table(combined))
+    if args.output:
+        from safetydrift.io import write_json
+
+        write_json(args.output, combined)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from safetydrift.judges import judge_names
 
@@ -117,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write reports/ from whatever metrics exist now")
     report.add_argument("--params", default="params.yaml")
     report.set_defaults(handler=_report)
+
+    repro = commands.add_parser(
+        "repro", help="`dvc repro` that also records every stage's wall time (DVC args after --)"
+    )
+    repro.add_argument("--timings", default="reports/timings.json", help="where to write them")
+    repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for `dvc repro`")
+    repro.set_defaults(handler=_repro)
+
+    timings = commands.add_parser(
+        "timings", help="sum the stage timings of several `safetydrift repro` runs"
+    )
+    timings.add_argument("files", nargs="+", type=Path, help="timings JSON files")
+    timings.add_argument("--output", type=Path, help="also write the combined record here")
+    timings.set_defaults(handler=_timings)
     return parser
 
 

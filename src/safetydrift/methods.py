@@ -8,6 +8,7 @@ varies across the grid.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -68,6 +69,7 @@ class TrainSettings:
     master_dtype: str  # dtype of the weights that the optimizer updates, for full and dpo
     padding_free: bool
     gradient_checkpointing: bool
+    compile: str = "auto"  # regional torch.compile of the decoder blocks: auto (CUDA only), on, off
     num_processes: int = 1
     distributed: str = "ddp"  # or "fsdp", when num_processes > 1
     lora: LoraSettings | None = None
@@ -106,6 +108,7 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         master_dtype=str(train.get("master_dtype", "float32")),
         padding_free=bool(train.get("padding_free", False)),
         gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
+        compile=compile_setting(method_params.get("compile", train.get("compile", "auto")), method),
         num_processes=int(train.get("num_processes", 1)),
         distributed=str(train.get("distributed", "ddp")),
     )
@@ -144,6 +147,16 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
     if method == "dpo":
         settings.beta = positive_float(method_params.get("beta", 0.1), "methods.dpo.beta")
     return settings
+
+
+def compile_setting(value: Any, method: str) -> str:
+    """`train.compile` (or `methods.METHOD.compile`): auto, or a boolean."""
+    if value in ("auto", True, False):
+        return {True: "on", False: "off"}.get(value, "auto")
+    raise ParamError(
+        f"params.yaml: `train.compile` (or `methods.{method}.compile`) must be auto, true or "
+        f"false, got {value!r}"
+    )
 
 
 def distributed_launch(settings: TrainSettings, script_and_args: Sequence[str]) -> list[str] | None:
@@ -207,6 +220,50 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def use_compile(settings: TrainSettings) -> bool:
+    # On a CPU, inductor's C++ compilation costs more than the few steps that tests and the smoke
+    # preset train; on a GPU the per-step kernel launches are the bottleneck that it removes.
+    if settings.compile == "auto":
+        return cuda_available()
+    return settings.compile == "on"
+
+
+def compile_blocks(model) -> int:
+    """Regional compilation: compile each repeated decoder block in place, with dynamic shapes.
+
+    The blocks share one code object, so the compiler's work is paid once for all of them and for
+    every sequence length; the embedding, LM head and TRL's fused loss stay eager (the loss
+    selects its tokens with a data-dependent mask, which would recompile a whole-model graph for
+    every batch). Returns the number of blocks compiled.
+    """
+    block_classes = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in block_classes]
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)
+
+
+@contextlib.contextmanager
+def training_attention():
+    """Keep scaled-dot-product attention off cuDNN's backend while training.
+
+    PyTorch 2.11's cuDNN attention backward returns NaN gradients when a mask is passed and the
+    sequence length is 64 mod 128 (pytorch/pytorch#196678); Qwen2.5's massive-activation head
+    meets its other condition, so a study run diverged to NaN within ~100 steps on an H100.
+    Flash and memory-efficient attention compute the same function.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(backends):
+        yield
 
 
 def use_bf16(settings: TrainSettings) -> bool:
@@ -357,6 +414,9 @@ def build_trainer(
     bf16 = use_bf16(settings)
     model = load_training_model(base_dir, settings, bf16)
     check_target_modules(model, settings)
+    compiled = use_compile(settings)
+    if compiled:
+        compile_blocks(model)
     from safetydrift.models import load_tokenizer
 
     tokenizer = load_tokenizer(base_dir)
@@ -367,8 +427,17 @@ def build_trainer(
 
         config = DPOConfig(**common, beta=settings.beta, padding_free=settings.padding_free)
         dataset = datasets.Dataset.from_list(dpo_rows(pairs))
+        # The frozen reference model, loaded as TRL would (the base weights in the policy's
+        # dtype), so that its blocks can be compiled too.
+        reference = load_training_model(base_dir, settings, bf16)
+        if compiled:
+            compile_blocks(reference)
         return DPOTrainer(
-            model=model, args=config, train_dataset=dataset, processing_class=tokenizer
+            model=model,
+            ref_model=reference,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
         )
     from trl import SFTConfig, SFTTrainer
 
@@ -424,6 +493,7 @@ def make_recorder(
 
         def __init__(self) -> None:
             self.losses: list[float] = []
+            self.step_times: list[float] = []  # when each optimizer step's loss was logged
             self.pending: list[tuple[int, dict[str, float]]] = []
             self.written: list[dict[str, Any]] = []
 
@@ -449,6 +519,7 @@ def make_recorder(
                         "no checkpoint of this run is kept (try a lower learning rate or fp32)"
                     )
                 self.losses.append(loss)
+                self.step_times.append(time.perf_counter())
             if metrics:
                 self.pending.append((state.global_step, metrics))
             if state.global_step in steps and state.global_step not in self.written_steps:
@@ -514,6 +585,15 @@ class TrainResult:
     checkpoints: list[dict[str, Any]]
     final_loss: float | None
     losses: list[float]
+    steady_examples_per_second: float | None = None  # after the first 10% of steps (compilation)
+
+
+def steady_rate(step_times: Sequence[float], examples_per_step: int) -> float | None:
+    """Examples a second over the steps after the first 10%, where compilation and warm-up fall."""
+    first = len(step_times) // 10
+    if len(step_times) - first < 2:
+        return None
+    return (len(step_times) - 1 - first) * examples_per_step / (step_times[-1] - step_times[first])
 
 
 def train_cell(
@@ -539,7 +619,8 @@ def train_cell(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    output = trainer.train()
+    with training_attention():
+        output = trainer.train()
     seconds = time.perf_counter() - started
     recorder.flush()
     if len(recorder.written) != len(steps):
@@ -559,5 +640,6 @@ def train_cell(
         checkpoints=recorder.written,
         final_loss=output.training_loss,
         losses=recorder.losses,
+        steady_examples_per_second=steady_rate(recorder.step_times, settings.effective_batch_size),
     )
     return result

@@ -154,6 +154,7 @@ def train(params: dict[str, Any], method: str, learning_rate: float) -> dict[str
             "examples": result.examples,
             "train_seconds": result.train_seconds,
             "examples_per_second": result.examples_per_second,
+            "steady_examples_per_second": result.steady_examples_per_second,
             "tokens_per_second": result.tokens_per_second,
             "peak_memory_bytes": result.peak_memory_bytes,
             "final_loss": result.final_loss,
@@ -164,6 +165,7 @@ def train(params: dict[str, Any], method: str, learning_rate: float) -> dict[str
             {
                 "train_seconds": result.train_seconds,
                 "examples_per_second": result.examples_per_second,
+                "steady_examples_per_second": result.steady_examples_per_second,
                 "tokens_per_second": result.tokens_per_second,
                 "peak_memory_bytes": result.peak_memory_bytes,
                 "final_loss": result.final_loss,
