@@ -173,10 +173,10 @@ def load_tokenizer(path: str | Path):
 def load_model(path: str | Path, dtype: str = "bfloat16", device: str | None = None, **kwargs):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), **kwargs)
     if device:
-        model.to(device)
-    return model
+        # Straight onto the device: no full copy of the weights in host memory first.
+        kwargs.setdefault("device_map", device)
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), **kwargs)
 
 
 def checkpoint_kind(path: Path) -> str:
