@@ -231,3 +231,5 @@ def test_compiled_blocks_train_as_eager_ones(base_model_dir, prepared_mtpref, tm
     compiled = train("dpo", pairs, base_model_dir, tmp_path / "compiled", compile=True)
     assert len(compiled.losses) == len(eager.losses) == 4
     assert compiled.losses == pytest.approx(eager.losses, abs=1e-4)
+    # Before the first update the policy is the reference model, so the DPO margin is 0.
+    assert eager.losses[0] == pytest.approx(0.693147, abs=1e-5)
