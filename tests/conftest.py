@@ -48,7 +48,7 @@ def copy_project(destination: Path) -> Path:
     """A fresh git + DVC checkout of this project's pipeline files, for `dvc repro` tests."""
     for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, destination / name)
-    for name in ("stages", "presets", "src", "tests/fixtures"):
+    for name in ("stages", "presets", "scripts", "src", "tests/fixtures"):
         shutil.copytree(
             ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__")
         )

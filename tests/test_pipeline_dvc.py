@@ -38,8 +38,9 @@ def smoke_project(tmp_path_factory):
     )
     env = stage_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlruns.db'}"
+    # The grid script: `dvc repro` cell by cell, timed (a bare `dvc repro` then has nothing to do).
     done = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True
+        ["bash", "scripts/run_grid.sh"], cwd=project, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return project
@@ -67,6 +68,26 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
     assert changed_stages(project) == set()
     shown = dvc(project, "metrics", "show", "--json").stdout
     assert "refusal_rate" in shown and "chrf" in shown
+
+
+def test_the_grid_script_times_every_stage_it_ran(smoke_project):
+    timings = smoke_project / "reports" / "timings"
+    files = sorted(path.stem for path in timings.glob("*.json"))
+    assert files == ["base", "full-0.001", "lora-0.001", "report"]
+    lora = json.loads((timings / "lora-0.001.json").read_text())
+    assert lora["returncode"] == 0
+    assert [s["stage"] for s in lora["stages"]][0] == "train@lora-0.001"
+    ran = {s["stage"] for f in timings.glob("*.json") for s in json.loads(f.read_text())["stages"]}
+    assert {"prepare_model", "eval_chrf_base", "eval_refusal@full-0.001", "report"} <= ran
+    summed = subprocess.run(
+        [sys.executable, "-m", "safetydrift.cli", "timings", *sorted(timings.glob("*.json"))],
+        cwd=smoke_project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "| `train` | 2 |" in summed.stdout
 
 
 def test_mlflow_store_holds_a_run_per_stage_cell(smoke_project):
