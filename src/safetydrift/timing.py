@@ -8,6 +8,7 @@ is passed through unchanged.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -74,8 +75,6 @@ def markdown_table(timings: dict[str, Any]) -> str:
 
 def combine(paths: Sequence[Path]) -> dict[str, Any]:
     """One record of several `safetydrift repro` runs (the slices of a grid run)."""
-    import json
-
     runs = [json.loads(Path(path).read_text(encoding="utf-8")) for path in paths]
     stages = [stage for run in runs for stage in run["stages"]]
     return {
