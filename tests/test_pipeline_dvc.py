@@ -38,9 +38,14 @@ def smoke_project(tmp_path_factory):
     )
     env = stage_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlruns.db'}"
-    # The grid script: `dvc repro` cell by cell, timed (a bare `dvc repro` then has nothing to do).
+    # The grid script: `dvc repro` cell by cell, two cells at a time in worker copies of the
+    # workspace, then restored here from DVC's run-cache (a bare `dvc repro` has nothing to do).
     done = subprocess.run(
-        ["bash", "scripts/run_grid.sh"], cwd=project, env=env, capture_output=True, text=True
+        ["bash", "scripts/run_grid.sh", "--jobs", "2"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return project
@@ -73,7 +78,7 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
 def test_the_grid_script_times_every_stage_it_ran(smoke_project):
     timings = smoke_project / "reports" / "timings"
     files = sorted(path.stem for path in timings.glob("*.json"))
-    assert files == ["base", "full-0.001", "lora-0.001", "report"]
+    assert files == ["base", "full-0.001", "lora-0.001", "prepare", "report", "restore"]
     lora = json.loads((timings / "lora-0.001.json").read_text())
     assert lora["returncode"] == 0
     assert [s["stage"] for s in lora["stages"]][0] == "train@lora-0.001"
@@ -88,6 +93,19 @@ def test_the_grid_script_times_every_stage_it_ran(smoke_project):
         check=True,
     )
     assert "| `train` | 2 |" in summed.stdout
+
+
+def test_the_grid_restores_its_workers_stages_without_running_them_again(smoke_project):
+    timings = smoke_project / "reports" / "timings"
+    restore = json.loads((timings / "restore.json").read_text())
+    assert restore["returncode"] == 0 and restore["stages"] == []
+    restored = (timings / "restore.log").read_text()
+    assert "Stage 'train@lora-0.001' is cached - skipping run" in restored
+    summary = json.loads((smoke_project / "reports" / "grid-timings.json").read_text())
+    assert summary["parallel_jobs"] == 2 and summary["failed"] == []
+    # Run one after another, the same stages would take their sum; side by side, less.
+    assert 0 < summary["elapsed_seconds"] < summary["wall_seconds"]
+    assert not list((smoke_project / ".dvc" / "tmp" / "grid").glob("worker-*"))
 
 
 def test_mlflow_store_holds_a_run_per_stage_cell(smoke_project):

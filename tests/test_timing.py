@@ -5,8 +5,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import copy_project, stage_env
 
+from safetydrift.grid import default_cells, grid_jobs
 from safetydrift.timing import markdown_table, stage_durations, summarize
 
 DVC_OUTPUT = [
@@ -17,11 +19,13 @@ DVC_OUTPUT = [
     (41.0, "Running stage 'generate_refusal@lora-5e-05':\n"),
     (55.0, "Stage 'eval_refusal_base' didn't change, skipping\n"),
     (55.2, "Running stage 'eval_refusal@lora-5e-05':\n"),
+    (58.2, "Stage 'eval_chrf@lora-5e-05' is cached - skipping run, checking out outputs\n"),
 ]
 
 
 def test_each_stage_lasts_until_the_next_stage_line_or_the_end():
-    durations = stage_durations(DVC_OUTPUT, end=58.2)
+    # A stage restored from DVC's run-cache ran nowhere here: it only ends the stage before it.
+    durations = stage_durations(DVC_OUTPUT, end=58.9)
     assert durations == [
         {"stage": "train@lora-5e-05", "seconds": 40.5},
         {"stage": "generate_refusal@lora-5e-05", "seconds": 14.0},
@@ -59,3 +63,26 @@ def test_repro_command_times_a_real_dvc_pipeline(tmp_path):
     assert [s["stage"] for s in recorded["stages"]] == ["prepare_advbench"]
     assert recorded["stages"][0]["seconds"] > 0
     assert "| `prepare_advbench` | 1 |" in result.stdout
+
+
+def test_grid_order_puts_figure_1_first_then_larger_rates():
+    params = {
+        "grid": {"methods": ["full", "lora"], "learning_rates": [1e-4, 5e-5, 1e-5]},
+        "report": {"fixed_lr": 5e-5},
+    }
+    cells = default_cells(params)
+    assert cells == [
+        "full-5e-05",
+        "lora-5e-05",
+        "full-0.0001",
+        "lora-0.0001",
+        "full-1e-05",
+        "lora-1e-05",
+    ]
+    jobs = grid_jobs(cells[:1], cells)
+    assert [job.targets for job in jobs] == [
+        ["eval_refusal_base", "eval_chrf_base"],
+        ["eval_refusal@full-5e-05", "eval_chrf@full-5e-05"],
+    ]
+    with pytest.raises(ValueError, match="unknown grid cell.*lora-0.5.*params.yaml's grid has"):
+        grid_jobs(["lora-0.5"], cells)

@@ -90,6 +90,22 @@ def _repro(args: argparse.Namespace) -> None:
     sys.exit(timed_repro(dvc_args, Path(args.timings)))
 
 
+def _grid(args: argparse.Namespace) -> None:
+    from safetydrift.grid import run_grid, write_summary
+    from safetydrift.timing import markdown_table
+
+    run = run_grid(Path.cwd(), args.cells, jobs=args.jobs, timings_dir=args.timings)
+    summary = write_summary(run, args.summary)
+    print(markdown_table(summary))
+    print(
+        f"grid: {run.wall_seconds} s end to end with {run.parallel} cell(s) at a time; "
+        f"timings in {args.timings}/ and {args.summary}"
+    )
+    if run.failed:
+        print(f"failed: {' '.join(run.failed)}", file=sys.stderr)
+        sys.exit(1)
+
+
 def _timings(args: argparse.Namespace) -> None:
     from safetydrift.timing import combine, markdown_table
 
@@ -143,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--timings", default="reports/timings.json", help="where to write them")
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for `dvc repro`")
     repro.set_defaults(handler=_repro)
+
+    grid = commands.add_parser(
+        "grid", help="the base model, the grid's cells (N at a time) and the report, timed"
+    )
+    grid.add_argument("cells", nargs="*", help="cells such as lora-5e-05 (default: all)")
+    grid.add_argument(
+        "--jobs", type=int, default=1, help="cells run side by side on the same machine"
+    )
+    grid.add_argument("--timings", type=Path, default=Path("reports/timings"))
+    grid.add_argument("--summary", type=Path, default=Path("reports/grid-timings.json"))
+    grid.set_defaults(handler=_grid)
 
     timings = commands.add_parser(
         "timings", help="sum the stage timings of several `safetydrift repro` runs"

@@ -1,9 +1,10 @@
 """`safetydrift repro`: `dvc repro` with the wall time of every stage it ran, for study reports.
 
-DVC prints `Running stage 'NAME':` when a stage starts and `Stage 'NAME' didn't change, skipping`
-for one it skips; the time from a stage's line to the next such line (or to DVC's exit) is that
-stage's wall time, DVC's own hashing and caching of its outputs included. Everything DVC prints
-is passed through unchanged.
+DVC prints `Running stage 'NAME':` when a stage starts, and `Stage 'NAME' didn't change,
+skipping` or `Stage 'NAME' is cached - skipping run` for one it skips or restores from its
+run-cache. The time from a stage's line to the next such line (or to DVC's exit) is that stage's
+wall time, DVC's own hashing and caching of its outputs included. Everything DVC prints is
+passed through unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from safetydrift.io import write_json
 
 RUNNING = re.compile(r"Running stage '([^']+)'")
 SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
+# A stage found in DVC's run-cache is checked out, not run: it ends the previous stage's time.
+RESTORED = re.compile(r"Stage '([^']+)' is cached - skipping run")
 
 
 def stage_durations(timed_lines: Iterable[tuple[float, str]], end: float) -> list[dict[str, Any]]:
@@ -30,8 +33,8 @@ def stage_durations(timed_lines: Iterable[tuple[float, str]], end: float) -> lis
     durations: list[dict[str, Any]] = []
     current: tuple[str, float] | None = None
     for timestamp, line in timed_lines:
-        running, skipped = RUNNING.search(line), SKIPPED.search(line)
-        if not (running or skipped):
+        running = RUNNING.search(line)
+        if not (running or SKIPPED.search(line) or RESTORED.search(line)):
             continue
         if current is not None:
             durations.append({"stage": current[0], "seconds": round(timestamp - current[1], 2)})

@@ -31,8 +31,10 @@ def repo_root() -> Path:
     return here
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / DEFAULT_STORE}"
+def tracking_uri(root: Path | None = None) -> str:
+    """`MLFLOW_TRACKING_URI`, else the SQLite store of the repository at `root` (or here)."""
+    store = (root or repo_root()) / DEFAULT_STORE
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store}"
 
 
 def experiment_name(study: str) -> str:

@@ -1,0 +1,279 @@
+"""`safetydrift grid`: the study's whole grid through `dvc repro`, cell by cell, N cells at once.
+
+One cell of the stand-in study leaves an H100 mostly idle: a training step of a 0.5B model at
+batch 8, or one decoding step, is bound by Python and kernel launches, not by the GPU. So the
+grid runs N cells side by side. DVC takes a lock per workspace, so each of the N workers gets
+its own copy of the workspace's pipeline files (under `.dvc/tmp/grid/`, which neither DVC nor
+git looks into), configured to share the main workspace's DVC cache and MLflow store. DVC's
+run-cache records every stage a worker runs; the `dvc repro` that follows in the main workspace
+finds each of them there and checks their outputs out instead of running them, so the main
+workspace ends with the same `dvc.lock` a one-at-a-time run writes.
+
+Order: the shared inputs first (prepared data, base model), then the base model's evaluations
+and the cells, those at `report.fixed_lr` (Figure 1) first and then the other learning rates,
+largest first; then the report from whatever metrics exist. A run cut short keeps every finished
+cell, and running the command again resumes: DVC skips what `dvc.lock` or its run-cache has. A
+cell that fails is named at the end and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from safetydrift.cells import BASE_CELL, Cell
+from safetydrift.io import write_json
+from safetydrift.params import get, load_params
+from safetydrift.tracking import tracking_uri
+
+PREPARE_STAGES = ("prepare_model", "prepare_mtpref", "prepare_advbench")
+WORKERS_DIR = Path(".dvc/tmp/grid")
+# Copied into each worker besides the files git lists: DVC's own configuration and its record.
+DVC_FILES = (".dvc/config", ".dvc/config.local", "dvc.yaml", "dvc.lock", "params.yaml")
+
+
+@dataclass
+class Job:
+    """One `safetydrift repro` of the grid: a cell's two evaluations (DVC trains it first)."""
+
+    name: str
+    targets: list[str]
+    returncode: int | None = None
+    timings: Path | None = None
+
+
+@dataclass
+class GridRun:
+    jobs: list[Job]
+    parallel: int
+    wall_seconds: float = 0.0
+    failed: list[str] = field(default_factory=list)
+
+
+def default_cells(params: dict[str, Any]) -> list[str]:
+    """Every cell of the grid, those at `report.fixed_lr` first, then by learning rate, largest
+    first (so a cut-short run has Figure 1 whole and the largest effects of Figure 2)."""
+    fixed = float(get(params, "report.fixed_lr"))
+    rates = sorted(
+        {float(rate) for rate in get(params, "grid.learning_rates")},
+        key=lambda rate: (rate != fixed, -rate),
+    )
+    return [Cell(method, rate).name for rate in rates for method in get(params, "grid.methods")]
+
+
+def grid_jobs(cells: Sequence[str], valid: Sequence[str]) -> list[Job]:
+    unknown = [cell for cell in cells if cell not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown grid cell(s) {', '.join(unknown)}: params.yaml's grid has {', '.join(valid)}"
+        )
+    jobs = [Job(BASE_CELL, ["eval_refusal_base", "eval_chrf_base"])]
+    jobs += [Job(cell, [f"eval_refusal@{cell}", f"eval_chrf@{cell}"]) for cell in cells]
+    return jobs
+
+
+def _dvc(workspace: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"`dvc {' '.join(args)}` failed in {workspace}:\n{done.stdout}{done.stderr}"
+        )
+    return done.stdout.strip()
+
+
+def workspace_files(workspace: Path) -> list[Path]:
+    """The pipeline's own files (sources, params, dvc.yaml): what git tracks or would track.
+
+    DVC lists its outputs in .gitignore files, so git's view leaves out models, generations and
+    the cache. Without git, the files under the directories the pipeline's stages depend on.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=workspace,
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode == 0:
+        names = [name for name in listed.stdout.decode().split("\0") if name]
+        return [Path(name) for name in names if (workspace / name).is_file()]
+    files = []
+    for top in ("stages", "src", "presets", "scripts"):
+        for path in sorted((workspace / top).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                files.append(path.relative_to(workspace))
+    return files
+
+
+def make_worker(workspace: Path, worker: Path, cache_dir: str) -> None:
+    """A fresh copy of the workspace's pipeline files that shares its DVC cache."""
+    if worker.exists():
+        shutil.rmtree(worker)
+    names = {*workspace_files(workspace), *(Path(name) for name in DVC_FILES)}
+    for name in sorted(names):
+        source = workspace / name
+        if source.is_file():
+            (worker / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, worker / name)
+    # Git would see the worker as part of the main repository: DVC must not look for it.
+    _dvc(worker, "config", "--local", "core.no_scm", "true")
+    _dvc(worker, "config", "--local", "cache.dir", cache_dir)
+
+
+class _Output:
+    """Lines from several jobs at once, each prefixed with its job's name."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def line(self, job: str, text: str) -> None:
+        with self._lock:
+            self._stream.write(f"[{job}] {text.rstrip()}\n")
+            self._stream.flush()
+
+
+def _run_job(job: Job, workspace: Path, timings_dir: Path, env: dict[str, str], out) -> None:
+    job.timings = timings_dir / f"{job.name}.json"
+    command = [
+        sys.executable, "-m", "safetydrift.cli", "repro", "--timings", str(job.timings),
+        "--", *job.targets,
+    ]  # fmt: skip
+    log_path = timings_dir / f"{job.name}.log"
+    with (
+        log_path.open("w", encoding="utf-8") as log,
+        subprocess.Popen(
+            command,
+            cwd=workspace,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        ) as process,
+    ):
+        assert process.stdout is not None
+        for text in process.stdout:
+            log.write(text)
+            out.line(job.name, text)
+    job.returncode = process.returncode
+
+
+def _repro_here(
+    name: str, targets: Sequence[str], workspace: Path, timings_dir: Path, env, out
+) -> Job:
+    job = Job(name, list(targets))
+    _run_job(job, workspace, timings_dir, env, out)
+    return job
+
+
+def run_grid(
+    workspace: Path,
+    cells: Sequence[str] | None = None,
+    jobs: int = 1,
+    timings_dir: Path = Path("reports/timings"),
+    stream: TextIO = sys.stdout,
+) -> GridRun:
+    """Run the grid's cells (all of them by default) with `jobs` cells at a time."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    workspace = workspace.resolve()
+    params = load_params(workspace / "params.yaml")
+    valid = default_cells(params)
+    queue_jobs = grid_jobs(list(cells) if cells else valid, valid)
+    timings_dir = (workspace / timings_dir).resolve()
+    timings_dir.mkdir(parents=True, exist_ok=True)
+    out = _Output(stream)
+    env = dict(os.environ)
+    # Workers log to the main workspace's MLflow store (a SQLite file by default; MLflow waits
+    # on its lock), so a stage restored from DVC's run-cache still has its MLflow run.
+    env["MLFLOW_TRACKING_URI"] = tracking_uri(workspace)
+    started = time.perf_counter()
+    done: list[Job] = []
+
+    prepare = _repro_here("prepare", PREPARE_STAGES, workspace, timings_dir, env, out)
+    done.append(prepare)
+    if prepare.returncode != 0:
+        return _finish(done, 1, started)
+
+    parallel = min(jobs, len(queue_jobs))
+    if parallel == 1:
+        for job in queue_jobs:
+            _run_job(job, workspace, timings_dir, env, out)
+    else:
+        cache_dir = _dvc(workspace, "cache", "dir")
+        pending: queue.Queue[Job] = queue.Queue()
+        for job in queue_jobs:
+            pending.put(job)
+
+        def work(worker: Path) -> None:
+            try:
+                make_worker(workspace, worker, cache_dir)
+            except (OSError, RuntimeError) as error:
+                out.line(worker.name, f"could not set up the worker: {error}")
+                return
+            while True:
+                try:
+                    job = pending.get_nowait()
+                except queue.Empty:
+                    return
+                _run_job(job, worker, timings_dir, env, out)
+
+        workers = [workspace / WORKERS_DIR / f"worker-{index}" for index in range(parallel)]
+        threads = [threading.Thread(target=work, args=(worker,)) for worker in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # Every stage the workers ran is in the run-cache: this checks their outputs out here
+        # and writes dvc.lock, without running anything again.
+        succeeded = [target for job in queue_jobs if job.returncode == 0 for target in job.targets]
+        if succeeded:
+            done.append(_repro_here("restore", succeeded, workspace, timings_dir, env, out))
+        for worker in workers:
+            shutil.rmtree(worker, ignore_errors=True)
+    done.extend(queue_jobs)
+    # --single-item: the report covers the cells that have metrics; it must not start training
+    # the cells this run was not asked for (or that failed).
+    done.append(
+        _repro_here("report", ["--single-item", "report"], workspace, timings_dir, env, out)
+    )
+    return _finish(done, parallel, started)
+
+
+def _finish(done: list[Job], parallel: int, started: float) -> GridRun:
+    run = GridRun(jobs=done, parallel=parallel)
+    run.wall_seconds = round(time.perf_counter() - started, 1)
+    # A job no worker reached (its worker could not be set up) failed too.
+    run.failed = [job.name for job in done if job.returncode != 0]
+    return run
+
+
+def write_summary(run: GridRun, path: Path) -> dict[str, Any]:
+    """The grid's end-to-end wall time beside every stage's, as `safetydrift timings` sums them."""
+    from safetydrift.timing import combine
+
+    files = [job.timings for job in run.jobs if job.timings is not None and job.timings.exists()]
+    combined = combine(files)
+    summary = {
+        "parallel_jobs": run.parallel,
+        "elapsed_seconds": run.wall_seconds,
+        "failed": run.failed,
+        **combined,
+    }
+    write_json(path, summary)
+    return summary
