@@ -5,10 +5,8 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 from conftest import copy_project, stage_env
 
-from safetydrift.grid import default_cells, grid_jobs
 from safetydrift.timing import markdown_table, stage_durations, summarize
 
 DVC_OUTPUT = [
@@ -63,26 +61,3 @@ def test_repro_command_times_a_real_dvc_pipeline(tmp_path):
     assert [s["stage"] for s in recorded["stages"]] == ["prepare_advbench"]
     assert recorded["stages"][0]["seconds"] > 0
     assert "| `prepare_advbench` | 1 |" in result.stdout
-
-
-def test_grid_order_puts_figure_1_first_then_larger_rates():
-    params = {
-        "grid": {"methods": ["full", "lora"], "learning_rates": [1e-4, 5e-5, 1e-5]},
-        "report": {"fixed_lr": 5e-5},
-    }
-    cells = default_cells(params)
-    assert cells == [
-        "full-5e-05",
-        "lora-5e-05",
-        "full-0.0001",
-        "lora-0.0001",
-        "full-1e-05",
-        "lora-1e-05",
-    ]
-    jobs = grid_jobs(cells[:1], cells)
-    assert [job.targets for job in jobs] == [
-        ["eval_refusal_base", "eval_chrf_base"],
-        ["eval_refusal@full-5e-05", "eval_chrf@full-5e-05"],
-    ]
-    with pytest.raises(ValueError, match="unknown grid cell.*lora-0.5.*params.yaml's grid has"):
-        grid_jobs(["lora-0.5"], cells)

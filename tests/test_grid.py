@@ -1,0 +1,60 @@
+"""`safetydrift grid`: the order of its jobs and the worker copies of a workspace.
+
+The grid itself (two workers, restored from DVC's run-cache) runs in test_pipeline_dvc.py.
+"""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import copy_project, stage_env
+
+from safetydrift.grid import default_cells, grid_jobs, make_worker, workspace_files
+
+
+def test_grid_order_puts_figure_1_first_then_larger_rates():
+    params = {
+        "grid": {"methods": ["full", "lora"], "learning_rates": [1e-4, 5e-5, 1e-5]},
+        "report": {"fixed_lr": 5e-5},
+    }
+    cells = default_cells(params)
+    assert cells == [
+        "full-5e-05",
+        "lora-5e-05",
+        "full-0.0001",
+        "lora-0.0001",
+        "full-1e-05",
+        "lora-1e-05",
+    ]
+    jobs = grid_jobs(cells[:1], cells)
+    assert [job.targets for job in jobs] == [
+        ["eval_refusal_base", "eval_chrf_base"],
+        ["eval_refusal@full-5e-05", "eval_chrf@full-5e-05"],
+    ]
+    with pytest.raises(ValueError, match="unknown grid cell.*lora-0.5.*params.yaml's grid has"):
+        grid_jobs(["lora-0.5"], cells)
+
+
+def test_a_worker_without_git_gets_the_pipeline_files_and_the_shared_cache(tmp_path, monkeypatch):
+    (tmp_path / "project").mkdir()
+    project = copy_project(tmp_path / "project")
+    shutil.rmtree(project / ".git")  # e.g. a tarball of the repository on a GPU machine
+    files = {str(path) for path in workspace_files(project)}
+    assert {"stages/train.py", "src/safetydrift/grid.py", "presets/smoke.yaml"} <= files
+    assert not any(name.startswith(("models/", "data/", ".dvc/cache")) for name in files)
+
+    monkeypatch.setenv("PATH", stage_env()["PATH"])
+    cache = project / ".dvc" / "cache"
+    worker = project / ".dvc" / "tmp" / "grid" / "worker-0"
+    make_worker(project, worker, str(cache))
+    assert (worker / "dvc.yaml").read_text() == (project / "dvc.yaml").read_text()
+    assert (worker / "src/safetydrift/methods.py").exists()
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "config", "--local", "--list"],
+        cwd=worker,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "core.no_scm=true" in shown and f"cache.dir={cache}" in shown
