@@ -147,7 +147,9 @@ class _Output:
             self._stream.flush()
 
 
-def _run_job(job: Job, workspace: Path, timings_dir: Path, env: dict[str, str], out) -> None:
+def _run_job(
+    job: Job, workspace: Path, timings_dir: Path, env: dict[str, str], out: _Output
+) -> None:
     job.timings = timings_dir / f"{job.name}.json"
     command = [
         sys.executable, "-m", "safetydrift.cli", "repro", "--timings", str(job.timings),
@@ -174,7 +176,12 @@ def _run_job(job: Job, workspace: Path, timings_dir: Path, env: dict[str, str], 
 
 
 def _repro_here(
-    name: str, targets: Sequence[str], workspace: Path, timings_dir: Path, env, out
+    name: str,
+    targets: Sequence[str],
+    workspace: Path,
+    timings_dir: Path,
+    env: dict[str, str],
+    out: _Output,
 ) -> Job:
     job = Job(name, list(targets))
     _run_job(job, workspace, timings_dir, env, out)
