@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from safetydrift.cells import BASE_CELL, Cell
+from safetydrift.cells import BASE_CELL, grid_cells
 from safetydrift.io import write_json
 from safetydrift.params import get, load_params
 from safetydrift.tracking import tracking_uri
@@ -63,11 +63,9 @@ def default_cells(params: dict[str, Any]) -> list[str]:
     """Every cell of the grid, those at `report.fixed_lr` first, then by learning rate, largest
     first (so a cut-short run has Figure 1 whole and the largest effects of Figure 2)."""
     fixed = float(get(params, "report.fixed_lr"))
-    rates = sorted(
-        {float(rate) for rate in get(params, "grid.learning_rates")},
-        key=lambda rate: (rate != fixed, -rate),
-    )
-    return [Cell(method, rate).name for rate in rates for method in get(params, "grid.methods")]
+    cells = grid_cells(get(params, "grid.methods"), get(params, "grid.learning_rates"))
+    ordered = sorted(cells, key=lambda cell: (cell.learning_rate != fixed, -cell.learning_rate))
+    return [cell.name for cell in ordered]
 
 
 def grid_jobs(cells: Sequence[str], valid: Sequence[str]) -> list[Job]:
