@@ -12,6 +12,10 @@ losses must agree up to floating-point noise; the script reports the largest dif
 
     python benchmarks/bench_training.py --base models/base --train data/mtpref/train.jsonl \
         --examples 800 --methods full,lora,qlora,dpo --out bench-training.json
+
+`--profile 100:5` records steps 100-104 of every run with `torch.profiler` and prints where a
+step's time goes: the host's wall time per step, the GPU's busy time per step, kernel launches
+per step, and the operators with the most host and GPU time (written to `--out`'s folder too).
 """
 
 from __future__ import annotations
@@ -34,6 +38,71 @@ VARIANTS = {
 }
 
 
+def profiler_callback(start: int, count: int, label: str, out_dir: Path | None):
+    """A TrainerCallback that profiles steps start..start+count-1 and prints a summary."""
+    import time
+
+    import torch
+    from transformers import TrainerCallback
+
+    def synchronize() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    class StepProfiler(TrainerCallback):
+        def __init__(self) -> None:
+            self.profiler = None
+            self.wall = 0.0
+            self.summary: dict = {}
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == start - 1:
+                synchronize()
+                self.profiler = torch.profiler.profile(
+                    activities=[
+                        torch.profiler.ProfilerActivity.CPU,
+                        torch.profiler.ProfilerActivity.CUDA,
+                    ]
+                )
+                self.profiler.__enter__()
+                self.wall = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.profiler is not None and state.global_step == start + count - 1:
+                synchronize()
+                wall = time.perf_counter() - self.wall
+                self.profiler.__exit__(None, None, None)
+                self.report(wall)
+                self.profiler = None
+
+        def report(self, wall: float) -> None:
+            events = self.profiler.key_averages()
+            gpu_us = sum(e.self_device_time_total for e in events)
+            launches = sum(
+                e.count
+                for e in events
+                if e.key
+                in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch")
+            )
+            self.summary = {
+                "run": label,
+                "steps": count,
+                "host_ms_per_step": round(1000 * wall / count, 2),
+                "gpu_busy_ms_per_step": round(gpu_us / 1000 / count, 2),
+                "kernel_launches_per_step": round(launches / count),
+            }
+            print(json.dumps({"profile": self.summary}), flush=True)
+            by_cpu = events.table(sort_by="self_cpu_time_total", row_limit=25)
+            by_gpu = events.table(sort_by="self_device_time_total", row_limit=25)
+            print(by_cpu, by_gpu, sep="\n", flush=True)
+            if out_dir is not None:
+                (out_dir / f"profile-{label}.txt").write_text(
+                    json.dumps(self.summary) + "\n" + by_cpu + "\n" + by_gpu
+                )
+
+    return StepProfiler()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -46,7 +115,11 @@ def main() -> None:
     parser.add_argument("--variants", default="plain,fast,packed")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--profile", help="START:COUNT, e.g. 100:5: profile these steps of every run"
+    )
     args = parser.parse_args()
+    profile = tuple(int(x) for x in args.profile.split(":")) if args.profile else None
 
     params = yaml.safe_load(args.params.read_text())
     pairs = read_pairs(args.train)[: args.examples]
@@ -57,8 +130,14 @@ def main() -> None:
             run_params = copy.deepcopy(params)
             run_params["train"].update(VARIANTS[variant])
             settings = train_settings(run_params, method, args.lr)
+            callbacks = []
+            if profile:
+                out_dir = args.out.parent if args.out else None
+                callbacks.append(profiler_callback(*profile, f"{method}-{variant}", out_dir))
             with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as work:
-                result = train_cell(settings, args.base, pairs, Path(out) / "cell", Path(work))
+                result = train_cell(
+                    settings, args.base, pairs, Path(out) / "cell", Path(work), callbacks=callbacks
+                )
             losses[variant] = result.losses
             row = {
                 "method": method,
@@ -72,6 +151,8 @@ def main() -> None:
                 "peak_memory_gib": round((result.peak_memory_bytes or 0) / 2**30, 2),
                 "final_loss": round(result.final_loss, 4),
             }
+            if callbacks and callbacks[0].summary:
+                row["profile"] = callbacks[0].summary
             if "plain" in losses and variant != "plain":
                 pairs_of_losses = zip(losses["plain"], result.losses, strict=False)
                 row["max_loss_difference_vs_plain"] = round(

@@ -91,16 +91,27 @@ def test_checkpoints_are_copied_into_one_model_exactly(
     holder = ModelHolder(base_model_dir, "float32", "cpu")
     lora = list_checkpoints(trained_cells / "lora")
     results = []
-    for checkpoint in lora:
+    for checkpoint in [*lora, lora[0]]:
         resident = holder.activate(checkpoint)
         fresh = PeftModel.from_pretrained(
             load_model(base_model_dir, dtype="float32"), str(checkpoint.path)
         ).eval()
+        # Merged in memory: the same weights, to the bit, as merging into a fresh base model,
+        # whatever adapter was merged before (the base weights are restored, not unmerged).
+        unmerged_logits = fresh(torch.tensor([prompt_ids[0]])).logits
+        fresh.merge_adapter()
+        weights = zip(resident.state_dict().values(), fresh.state_dict().values(), strict=True)
+        assert all(torch.equal(a, b) for a, b in weights)
         with torch.inference_mode():
-            ids = torch.tensor([prompt_ids[0]])
-            assert torch.equal(resident(ids).logits, fresh(ids).logits)
-        results.append(resident(torch.tensor([prompt_ids[0]])).logits.sum().item())
+            logits = resident(torch.tensor([prompt_ids[0]])).logits
+        # ... and within float32 rounding of the adapter applied unmerged.
+        torch.testing.assert_close(logits, unmerged_logits, rtol=1e-4, atol=1e-4)
+        assert reference_generate(resident, tokenizer, prompt_ids, 8) == reference_generate(
+            fresh, tokenizer, prompt_ids, 8
+        )
+        results.append(logits.sum().item())
     assert len(set(results)) == len(lora)  # each checkpoint really replaced the previous one
+    assert results[0] == results[-1]
 
 
 def test_generate_for_checkpoints_writes_the_study_fields(

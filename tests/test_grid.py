@@ -10,7 +10,13 @@ import sys
 import pytest
 from conftest import copy_project, stage_env
 
-from safetydrift.grid import default_cells, grid_jobs, make_worker, workspace_files
+from safetydrift.grid import (
+    default_cells,
+    grid_jobs,
+    make_worker,
+    slowest_first,
+    workspace_files,
+)
 
 
 def test_grid_order_puts_figure_1_first_then_larger_rates():
@@ -34,6 +40,20 @@ def test_grid_order_puts_figure_1_first_then_larger_rates():
     ]
     with pytest.raises(ValueError, match="unknown grid cell.*lora-0.5.*params.yaml's grid has"):
         grid_jobs(["lora-0.5"], cells)
+
+
+def test_side_by_side_the_slowest_cells_start_first_and_the_base_model_last():
+    names = ["full-5e-05", "dpo-5e-05", "sft2-5e-05", "qlora-5e-05", "lora-5e-05", "qlora-1e-05"]
+    jobs = slowest_first(grid_jobs(names, names))
+    assert [job.name for job in jobs] == [
+        "sft2-5e-05",  # a method without a measured rank: early rather than a straggler
+        "qlora-5e-05",
+        "qlora-1e-05",  # within a method, the given (one-at-a-time) order
+        "lora-5e-05",
+        "dpo-5e-05",
+        "full-5e-05",
+        "base",
+    ]
 
 
 def test_a_worker_without_git_gets_the_pipeline_files_and_the_shared_cache(tmp_path, monkeypatch):

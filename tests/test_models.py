@@ -71,8 +71,18 @@ def test_hub_ids_are_hub_sources():
     assert ModelSpec(source="~/m.gguf").kind == "gguf"
 
 
-def test_gguf_is_dequantized_into_safetensors(tmp_path):
+def test_gguf_is_dequantized_into_safetensors(tmp_path, monkeypatch):
     """A real GGUF chat model (SmolLM2-135M-Instruct, from PyPI) through transformers' loader."""
+    import gguf
+
+    parsed = []
+    original = gguf.GGUFReader
+
+    def counting_reader(*args, **kwargs):
+        parsed.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting_reader)
     fetched = subprocess.run(
         [
             str(TINY_MODEL.parents[3] / "shared" / "bin" / "fetch-standin-model"),
@@ -87,6 +97,8 @@ def test_gguf_is_dequantized_into_safetensors(tmp_path):
     gguf = fetched.stdout.strip().splitlines()[-1]
     info = prepare_model(ModelSpec(source=gguf, dtype="bfloat16"), tmp_path / "base")
     assert info["kind"] == "gguf" and len(info["sha256"]) == 64
+    # Tokenizer, config and weights all came from one parse of the file.
+    assert len(parsed) == 1, parsed
     config = json.loads((tmp_path / "base" / "config.json").read_text())
     assert "quantization_config" not in config
     model = load_model(tmp_path / "base", dtype="bfloat16")

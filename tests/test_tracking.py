@@ -103,3 +103,21 @@ def test_the_default_store_is_a_sqlite_file_in_the_repository(tmp_path, monkeypa
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
+
+
+def test_a_metric_history_is_logged_in_one_batch_with_its_steps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # More values than one MLflow batch takes (1,000): the client splits them.
+    history = [
+        (step, {"loss": 1 / step, "grad_norm": None, "rewards/margin": step})
+        for step in range(1, 601)
+    ]
+    with tracking.stage_run("tracking-test", "train", {"lr": 1e-4}, cell="full-0.0001") as run:
+        run.log_metric_history(history)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    losses = client.get_metric_history(run.run_id, "loss")
+    assert sorted((m.step, m.value) for m in losses) == [(s, 1 / s) for s in range(1, 601)]
+    assert len(client.get_metric_history(run.run_id, "rewards/margin")) == 600
+    assert client.get_metric_history(run.run_id, "grad_norm") == []

@@ -131,7 +131,15 @@ def base_checkpoint(base_dir: Path) -> Checkpoint:
 
 
 class ModelHolder:
-    """The base model on the device, with each checkpoint's weights copied into it in turn."""
+    """The base model on the device, with each checkpoint's weights copied into it in turn.
+
+    A LoRA checkpoint is merged into the resident base weights in memory (PEFT's
+    `merge_adapter`), never on disk: decoding then runs the plain model's kernels, where an
+    unmerged adapter adds two small matmuls to every target module at every step (on the H100 a
+    third more time per AdvBench pass). Before the next adapter is merged, the base weights are
+    restored from a copy, exactly: subtracting the old delta again would leave bf16 rounding in
+    them. Every copy goes into the same tensors, so an engine's CUDA graphs stay valid.
+    """
 
     def __init__(self, base_dir: Path, dtype: str, device: str) -> None:
         from safetydrift.models import load_model
@@ -140,14 +148,19 @@ class ModelHolder:
         self.device = device
         self.dtype = dtype
         self.model = load_model(base_dir, dtype=dtype, device=device).eval()
-        self._adapter_loaded = False
+        self._pristine: dict[str, Any] | None = None  # base weights of the adapted layers
 
     def activate(self, checkpoint: Checkpoint):
         """Return the model to run for `checkpoint` (the same object for every checkpoint)."""
-        if checkpoint.kind == "base":
-            return self.model
         if checkpoint.kind == "adapter":
             return self._load_adapter(checkpoint.path)
+        if self._pristine is not None:
+            raise ModelError(
+                f"{checkpoint.path}: a cell's checkpoints must be all adapters or all full "
+                "models (this one follows an adapter)"
+            )
+        if checkpoint.kind == "base":
+            return self.model
         return self._load_full(checkpoint.path)
 
     def _load_full(self, path: Path):
@@ -175,21 +188,33 @@ class ModelHolder:
         return self.model
 
     def _load_adapter(self, path: Path):
+        import torch
         from peft import PeftModel, set_peft_model_state_dict
+        from peft.tuners.lora import LoraLayer
         from safetensors.torch import load_file
 
-        if not self._adapter_loaded:
+        if self._pristine is None:
             self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name="default")
             self.model.to(self.device).eval()
-            self._adapter_loaded = True
-            return self.model
-        result = set_peft_model_state_dict(
-            self.model, load_file(str(path / "adapter_model.safetensors"), device=self.device)
-        )
-        if getattr(result, "unexpected_keys", None):
-            raise ModelError(
-                f"{path}: adapter weights that do not fit: {result.unexpected_keys[:5]}"
+            self._pristine = {
+                name: module.get_base_layer().weight.detach().clone()
+                for name, module in self.model.named_modules()
+                if isinstance(module, LoraLayer)
+            }
+        else:
+            self.model.unmerge_adapter()  # PEFT's bookkeeping; the weights are restored below
+            with torch.no_grad():
+                for name, module in self.model.named_modules():
+                    if name in self._pristine:
+                        module.get_base_layer().weight.copy_(self._pristine[name])
+            result = set_peft_model_state_dict(
+                self.model, load_file(str(path / "adapter_model.safetensors"), device=self.device)
             )
+            if getattr(result, "unexpected_keys", None):
+                raise ModelError(
+                    f"{path}: adapter weights that do not fit: {result.unexpected_keys[:5]}"
+                )
+        self.model.merge_adapter()
         return self.model
 
 
@@ -315,7 +340,8 @@ def encode_conversations(
 class CheckpointGenerations:
     checkpoint: Checkpoint
     rows: list[dict[str, Any]]
-    seconds: float
+    seconds: float  # generating (for the first checkpoint, graph capture included)
+    load_seconds: float  # loading its weights; for the first, the tokenizer and base model too
 
 
 def generate_for_checkpoints(
@@ -330,6 +356,7 @@ def generate_for_checkpoints(
     if settings.backend == "vllm":
         yield from _generate_vllm(base_dir, checkpoints, conversations, ids, settings)
         return
+    loading = time.perf_counter()
     tokenizer = load_tokenizer(base_dir)
     holder = ModelHolder(base_dir, settings.dtype, device)
     engine = build_engine(tokenizer, settings)
@@ -337,6 +364,7 @@ def generate_for_checkpoints(
     for checkpoint in checkpoints:
         model = holder.activate(checkpoint)
         started = time.perf_counter()
+        load_seconds = started - loading
         outputs = engine.generate(model, prompt_ids)
         seconds = time.perf_counter() - started
         responses = tokenizer.batch_decode(
@@ -354,7 +382,8 @@ def generate_for_checkpoints(
                 ids, conversations, responses, outputs, strict=True
             )
         ]
-        yield CheckpointGenerations(checkpoint, rows, seconds)
+        yield CheckpointGenerations(checkpoint, rows, seconds, load_seconds)
+        loading = time.perf_counter()
 
 
 def _generate_vllm(base_dir, checkpoints, conversations, ids, settings):
@@ -370,7 +399,7 @@ def _generate_vllm(base_dir, checkpoints, conversations, ids, settings):
     has_adapters = any(c.kind == "adapter" for c in checkpoints)
     llm = None
     for number, checkpoint in enumerate(checkpoints, start=1):
-        started = time.perf_counter()
+        loading = time.perf_counter()
         lora = None
         if checkpoint.kind == "adapter":
             lora = LoRARequest(checkpoint.label, number, str(checkpoint.path))
@@ -379,6 +408,7 @@ def _generate_vllm(base_dir, checkpoints, conversations, ids, settings):
             model_path = checkpoint.path
         if llm is None or checkpoint.kind == "model":
             llm = LLM(model=str(model_path), dtype=settings.dtype, enable_lora=has_adapters, seed=0)
+        started = time.perf_counter()
         outputs = llm.chat(list(conversations), sampling, lora_request=lora, use_tqdm=False)
         rows = [
             {
@@ -390,4 +420,6 @@ def _generate_vllm(base_dir, checkpoints, conversations, ids, settings):
             }
             for row_id, conversation, out in zip(ids, conversations, outputs, strict=True)
         ]
-        yield CheckpointGenerations(checkpoint, rows, time.perf_counter() - started)
+        yield CheckpointGenerations(
+            checkpoint, rows, time.perf_counter() - started, started - loading
+        )

@@ -451,13 +451,19 @@ def build_trainer(
         packing=False,  # packing would change how many examples make a step
     )
     dataset = datasets.Dataset.from_list(sft_rows(pairs))
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft,
     )
+    if compiled and peft is not None:
+        # With frozen embeddings the first block's input does not require grad and every other
+        # block's does: two graphs to compile where full fine-tuning has one. Making the
+        # embedding output require grad costs one block's input gradient per step.
+        trainer.model.enable_input_require_grads()
+    return trainer
 
 
 def saved_dtype(base_dir: Path):
@@ -566,8 +572,7 @@ def make_recorder(
 
         def flush(self) -> None:
             if tracker is not None:
-                for step, metrics in self.pending:
-                    tracker.log_metrics(metrics, step=step)
+                tracker.log_metric_history(self.pending)
             self.pending.clear()
 
     return TrainingRecorder()
@@ -586,6 +591,7 @@ class TrainResult:
     final_loss: float | None
     losses: list[float]
     steady_examples_per_second: float | None = None  # after the first 10% of steps (compilation)
+    setup_seconds: float | None = None  # loading the model and data, building the trainer
 
 
 def steady_rate(step_times: Sequence[float], examples_per_step: int) -> float | None:
@@ -603,22 +609,30 @@ def train_cell(
     out_dir: Path,
     work_dir: Path,
     tracker=None,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Train one grid cell and write its checkpoints under `out_dir` (a fresh directory)."""
+    """Train one grid cell and write its checkpoints under `out_dir` (a fresh directory).
+
+    `callbacks` are extra `TrainerCallback`s (the training benchmark's profiler).
+    """
     import torch
 
     n_steps = total_steps(len(pairs), settings)
     steps = checkpoint_steps(n_steps, settings.checkpoint_fractions)
     if settings.method == "qlora" and not cuda_available():
         load_training_model(base_dir, settings, bf16=False)  # raises the clear error, early
+    setup_started = time.perf_counter()
     torch.manual_seed(settings.seed)
     trainer = build_trainer(settings, base_dir, pairs, work_dir)
     recorder = make_recorder(settings, steps, out_dir, tracker, saved_dtype(base_dir))
     recorder.trainer = trainer
     trainer.add_callback(recorder)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
+    setup_seconds = started - setup_started
     with training_attention():
         output = trainer.train()
     seconds = time.perf_counter() - started
@@ -641,5 +655,6 @@ def train_cell(
         final_loss=output.training_loss,
         losses=recorder.losses,
         steady_examples_per_second=steady_rate(recorder.step_times, settings.effective_batch_size),
+        setup_seconds=setup_seconds,
     )
     return result

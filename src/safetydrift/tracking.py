@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,23 @@ class StageRun:
         clean = {k: float(v) for k, v in metrics.items() if v is not None}
         if clean:
             self._mlflow.log_metrics(clean, step=step)
+
+    def log_metric_history(self, history: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """Many steps' metrics in one write: a training stage sends a checkpoint's worth at once
+        (one SQLite transaction, where a call per step would pause training for each)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), timestamp, step)
+            for step, values in history
+            for key, value in values.items()
+            if value is not None
+        ]
+        if metrics:
+            self._mlflow.MlflowClient().log_batch(self.run_id, metrics=metrics)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._mlflow.log_params({k: _param_value(v) for k, v in params.items()})
