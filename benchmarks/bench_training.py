@@ -4,6 +4,7 @@ Runs the library's own `train_cell` (the train stage without DVC and MLflow) on 
 `--examples` rows of the train split, once per method and variant:
 
 - `plain`: padded batches, PyTorch's for-loop AdamW and eager kernels, as TRL's defaults train;
+- `eager`: `plain` with fused AdamW (what `compile: false` trains);
 - `fast`: the pipeline's GPU defaults: padded batches, fused AdamW, decoder blocks compiled;
 - `packed`: `fast` with padding-free batches (each batch packed into one row).
 
@@ -33,6 +34,7 @@ from safetydrift.methods import train_cell, train_settings
 
 VARIANTS = {
     "plain": {"padding_free": False, "optimizer": "adamw_torch", "compile": False},
+    "eager": {"padding_free": False, "optimizer": "adamw_torch_fused", "compile": False},
     "fast": {"padding_free": False, "optimizer": "adamw_torch_fused", "compile": True},
     "packed": {"padding_free": True, "optimizer": "adamw_torch_fused", "compile": True},
 }
@@ -77,7 +79,12 @@ def profiler_callback(start: int, count: int, label: str, out_dir: Path | None):
 
         def report(self, wall: float) -> None:
             events = self.profiler.key_averages()
-            gpu_us = sum(e.self_device_time_total for e in events)
+            # Kernels only: an operator's row repeats the time of the kernels it launched.
+            gpu_us = sum(
+                e.self_device_time_total
+                for e in events
+                if e.device_type == torch.autograd.DeviceType.CUDA
+            )
             launches = sum(
                 e.count
                 for e in events
@@ -129,6 +136,11 @@ def main() -> None:
         for variant in args.variants.split(","):
             run_params = copy.deepcopy(params)
             run_params["train"].update(VARIANTS[variant])
+            method_params = run_params["methods"].setdefault(method, {})
+            if "quantization" not in method_params:
+                # The variant decides, not a preset's per-method `compile` (bitsandbytes' 4-bit
+                # layers stay eager whatever the variant).
+                method_params["compile"] = VARIANTS[variant]["compile"]
             settings = train_settings(run_params, method, args.lr)
             callbacks = []
             if profile:

@@ -244,6 +244,7 @@ def test_compiled_lora_compiles_one_graph_for_all_blocks(base_model_dir, prepare
     runs = {}
     for compiled in (False, True):
         params = params_with(compile=compiled)
+        params["methods"]["lora"]["compile"] = compiled  # the presets train LoRA eager
         # Compiled and eager dropout draw different masks; without dropout the curves must agree.
         params["methods"]["lora"]["lora"]["dropout"] = 0.0
         settings = train_settings(params, "lora", 1e-3)
