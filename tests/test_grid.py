@@ -11,9 +11,12 @@ import pytest
 from conftest import copy_project, stage_env
 
 from safetydrift.grid import (
+    Job,
     default_cells,
     grid_jobs,
+    keep_first_attempt,
     make_worker,
+    ran_out_of_gpu_memory,
     slowest_first,
     workspace_files,
 )
@@ -42,18 +45,33 @@ def test_grid_order_puts_figure_1_first_then_larger_rates():
         grid_jobs(["lora-0.5"], cells)
 
 
-def test_side_by_side_the_slowest_cells_start_first_and_the_base_model_last():
+def test_side_by_side_the_slowest_methods_start_first_in_turns_and_the_base_model_last():
     names = ["full-5e-05", "dpo-5e-05", "sft2-5e-05", "qlora-5e-05", "lora-5e-05", "qlora-1e-05"]
     jobs = slowest_first(grid_jobs(names, names))
     assert [job.name for job in jobs] == [
         "sft2-5e-05",  # a method without a measured rank: early rather than a straggler
         "qlora-5e-05",
-        "qlora-1e-05",  # within a method, the given (one-at-a-time) order
         "lora-5e-05",
         "dpo-5e-05",
         "full-5e-05",
+        "qlora-1e-05",  # the second turn: one method's cells do not all run at once
         "base",
     ]
+
+
+def test_a_cell_out_of_gpu_memory_is_recognised_and_its_first_attempt_kept(tmp_path):
+    job = Job("dpo-5e-05", [], returncode=1, timings=tmp_path / "dpo-5e-05.json")
+    job.timings.write_text("{}")
+    log = tmp_path / "dpo-5e-05.log"
+    log.write_text("error: CUDA out of memory. Tried to allocate 20.00 MiB.\n")
+    assert ran_out_of_gpu_memory(job)
+    keep_first_attempt(job)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dpo-5e-05.attempt1.json",
+        "dpo-5e-05.attempt1.log",
+    ]
+    log.write_text("ValueError: unknown method\n")
+    assert not ran_out_of_gpu_memory(job)
 
 
 def test_a_worker_without_git_gets_the_pipeline_files_and_the_shared_cache(tmp_path, monkeypatch):

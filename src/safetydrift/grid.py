@@ -12,9 +12,10 @@ workspace ends with the same `dvc.lock` a one-at-a-time run writes.
 Order: the shared inputs first (prepared data, base model), in the main workspace. One at a time,
 the base model's evaluations and then the cells, those at `report.fixed_lr` (Figure 1) first and
 then the other learning rates, largest first, so that a run cut short has the figures' most
-telling cells. N at a time, the slowest cells first (QLoRA's eager 4-bit training, then LoRA,
-DPO, full fine-tuning; the base model last), so that the last cells to finish are short ones and
-the GPU is not left to one straggler. Each cell a worker finishes is restored into the main
+telling cells. N at a time, the slowest methods first and in turns (QLoRA's eager 4-bit
+training, LoRA, DPO, full fine-tuning; then again; the base model last), so that the last cells
+to finish are short ones and one method's cells do not all want the same resource at once. A
+cell that runs out of GPU memory beside the others goes to the back of the queue, once. Each cell a worker finishes is restored into the main
 workspace at once, while the other cells run; then the report, from whatever metrics exist. A
 run cut short keeps every finished cell, and running the command again resumes: DVC skips what
 `dvc.lock` or its run-cache has. A cell that fails is named at the end and does not stop the
@@ -57,6 +58,7 @@ class Job:
     targets: list[str]
     returncode: int | None = None
     timings: Path | None = None
+    attempts: int = 0
 
 
 @dataclass
@@ -89,16 +91,38 @@ def grid_jobs(cells: Sequence[str], valid: Sequence[str]) -> list[Job]:
 
 
 def slowest_first(jobs: Sequence[Job]) -> list[Job]:
-    """The order for N at a time: longest cells first, the base model last (a stable sort)."""
+    """The order for N at a time: the slowest methods first, taken in turns, the base model last.
+
+    In turns (QLoRA, LoRA, DPO, full; QLoRA, LoRA, ...) rather than method by method: cells of
+    one method want the same resource at once (four DPO cells hold 4 x 15 GiB of GPU memory on
+    the stand-in; four QLoRA cells contend for the same CPU-bound kernel launches).
+    """
 
     def rank(job: Job) -> int:
-        if job.name == BASE_CELL:
-            return len(SLOWEST_FIRST) + 1
         method = job.name.partition("-")[0]
         # A method without a measured rank runs first: better early than as the straggler.
         return SLOWEST_FIRST.index(method) + 1 if method in SLOWEST_FIRST else 0
 
-    return sorted(jobs, key=rank)
+    cells = [job for job in jobs if job.name != BASE_CELL]
+    groups: dict[int, list[Job]] = {}
+    for job in cells:
+        groups.setdefault(rank(job), []).append(job)
+    ordered = [
+        group[turn]
+        for turn in range(max((len(g) for g in groups.values()), default=0))
+        for _, group in sorted(groups.items())
+        if turn < len(group)
+    ]
+    return ordered + [job for job in jobs if job.name == BASE_CELL]
+
+
+def ran_out_of_gpu_memory(job: Job) -> bool:
+    """Whether a failed job's log shows a CUDA out-of-memory error (worth one more try, later)."""
+    log = job.timings.with_suffix(".log") if job.timings else None
+    if log is None or not log.exists():
+        return False
+    text = log.read_text(encoding="utf-8", errors="replace")
+    return "CUDA out of memory" in text or "OutOfMemoryError" in text
 
 
 def _dvc(workspace: Path, *args: str) -> str:
@@ -195,6 +219,15 @@ def _run_job(
     job.returncode = process.returncode
 
 
+def keep_first_attempt(job: Job) -> None:
+    """Keep a failed attempt's timings and log as JOB.attempt1.*: the retry writes JOB.*."""
+    assert job.timings is not None
+    for suffix in (".json", ".log"):
+        path = job.timings.with_suffix(suffix)
+        if path.exists():
+            path.replace(path.with_name(f"{job.name}.attempt1{suffix}"))
+
+
 def _repro_here(
     name: str,
     targets: Sequence[str],
@@ -262,6 +295,14 @@ def run_grid(
                 _run_job(job, worker, timings_dir, env, out)
                 if job.returncode == 0:
                     finished.put(job)
+                elif job.attempts == 0 and ran_out_of_gpu_memory(job):
+                    # Side by side, cells may together need more GPU memory than there is. The
+                    # failed stage left nothing DVC would keep; the cell goes to the back of the
+                    # queue once, to run when fewer cells are left beside it.
+                    job.attempts += 1
+                    keep_first_attempt(job)
+                    out.line(job.name, "out of GPU memory beside other cells: queued once more")
+                    pending.put(job)
 
         def restore() -> None:
             # Every stage a worker ran is in the run-cache: this checks its outputs out here and
