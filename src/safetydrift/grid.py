@@ -15,11 +15,11 @@ then the other learning rates, largest first, so that a run cut short has the fi
 telling cells. N at a time, the slowest methods first and in turns (QLoRA's eager 4-bit
 training, LoRA, DPO, full fine-tuning; then again; the base model last), so that the last cells
 to finish are short ones and one method's cells do not all want the same resource at once. A
-cell that runs out of GPU memory beside the others goes to the back of the queue, once. Each cell a worker finishes is restored into the main
-workspace at once, while the other cells run; then the report, from whatever metrics exist. A
-run cut short keeps every finished cell, and running the command again resumes: DVC skips what
-`dvc.lock` or its run-cache has. A cell that fails is named at the end and does not stop the
-others.
+cell that runs out of GPU memory beside the others goes to the back of the queue, once. Each
+cell a worker finishes is restored into the main workspace at once, while the other cells run;
+then the report, from whatever metrics exist. A run cut short keeps every finished cell, and
+running the command again resumes: DVC skips what `dvc.lock` or its run-cache has. A cell that
+fails is named at the end and does not stop the others.
 """
 
 from __future__ import annotations
