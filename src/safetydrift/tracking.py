@@ -13,7 +13,6 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,62 +56,69 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
 
 
-class StageRun:
-    """A stage's MLflow run, written from a background thread.
+class TrackingError(RuntimeError):
+    """The MLflow run of a stage could not be written."""
 
-    Opening a run costs a stage process seconds (importing MLflow, opening the store, creating the
-    run: 5-8 s on the GPU machine with a SQLite store), which would add to every one of the
-    study's ~70 stage processes. Here only the imports happen on the stage's thread; the run is
-    opened, and everything logged to it is written in order, by one background thread while the
-    stage loads its model and works. `close` waits for all of it and ends the run; an error in
-    tracking fails the stage there.
+
+class StageRun:
+    """A stage's MLflow run, written by a helper process.
+
+    Importing MLflow and opening its store take a stage process seconds (6-7 s on the GPU
+    machine), and the study runs ~70 stage processes. So each stage hands its run to a helper
+    process (`python -m safetydrift.tracking`, started with the stage) that imports MLflow on
+    another core while the stage imports torch and loads its model, then writes the run: params,
+    tags, metrics (timestamped when the stage logged them), artifacts, in the stage's order.
+    Messages are JSON lines on the helper's stdin. `close` waits for the helper; if it failed,
+    the stage fails there, so a stage never passes with its run missing.
     """
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str]) -> None:
-        # MLflow's modules are imported here, on the stage's own thread: importing them on the
-        # background thread while this one imports torch or transformers (which share numpy,
-        # pandas, yaml...) could hand either thread a half-initialised module.
-        import mlflow  # noqa: F401
-        import mlflow.entities  # noqa: F401
+    def __init__(
+        self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], root: Path
+    ) -> None:
+        import subprocess
+        import sys
 
-        if uri.startswith("sqlite:"):
-            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
-        self._client = None
+        self._helper = subprocess.Popen(
+            [sys.executable, "-m", "safetydrift.tracking"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self._run_id: str | None = None
-        self._pending: list[Future] = []
-        self._submit(self._open, uri, experiment, run_name, dict(tags))
+        self._send(
+            op="open",
+            uri=uri,
+            experiment=experiment,
+            run_name=run_name,
+            tags=dict(tags),
+            root=str(root),
+        )
 
-    def _submit(self, function, *args) -> None:
-        self._pending.append(self._pool.submit(function, *args))
+    def _send(self, **message: Any) -> None:
+        import json
 
-    def _open(self, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> None:
-        from mlflow import MlflowClient
+        assert self._helper.stdin is not None
+        try:
+            self._helper.stdin.write(json.dumps(message) + "\n")
+            self._helper.stdin.flush()
+        except BrokenPipeError:
+            self._fail()
 
-        self._client = MlflowClient(tracking_uri=uri)
-        found = self._client.get_experiment_by_name(experiment)
-        if found is None:
-            artifact_location = None
-            if uri.startswith("sqlite:"):
-                artifact_location = (repo_root() / ARTIFACTS_DIR).as_uri()
-            try:
-                experiment_id = self._client.create_experiment(
-                    experiment, artifact_location=artifact_location
-                )
-            except Exception:  # another stage created it first
-                found = self._client.get_experiment_by_name(experiment)
-                if found is None:
-                    raise
-                experiment_id = found.experiment_id
-        else:
-            experiment_id = found.experiment_id
-        run = self._client.create_run(experiment_id, run_name=run_name, tags=tags)
-        self._run_id = run.info.run_id
+    def _fail(self) -> None:
+        self._helper.wait()
+        raise TrackingError(
+            f"the MLflow run could not be written (tracking helper exited with "
+            f"{self._helper.returncode}; its error is printed above)"
+        )
 
     @property
     def run_id(self) -> str:
-        self._pending[0].result()  # the run exists once `_open` is done
-        assert self._run_id is not None
+        if self._run_id is None:
+            assert self._helper.stdout is not None
+            line = self._helper.stdout.readline()
+            if not line:
+                self._fail()
+            self._run_id = line.strip()
         return self._run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -123,50 +129,31 @@ class StageRun:
         (one SQLite transaction instead of one a step)."""
         timestamp = int(time.time() * 1000)
         values = [
-            (key, float(value), timestamp, step)
+            (key, float(value), timestamp, int(step))
             for step, step_values in history
             for key, value in step_values.items()
             if value is not None
         ]
         if values:
-            self._submit(self._log_metrics, values)
-
-    def _log_metrics(self, values: list[tuple[str, float, int, int]]) -> None:
-        from mlflow.entities import Metric
-
-        self._client.log_batch(self._run_id, metrics=[Metric(*value) for value in values])
+            self._send(op="metrics", values=values)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if params:
-            self._submit(self._log_params, {k: _param_value(v) for k, v in params.items()})
-
-    def _log_params(self, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        self._client.log_batch(self._run_id, params=[Param(k, v) for k, v in params.items()])
+            self._send(op="params", params={k: _param_value(v) for k, v in params.items()})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._submit(self._set_tags, {k: str(v) for k, v in tags.items()})
-
-    def _set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self._client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._send(op="tags", tags={k: str(v) for k, v in tags.items()})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._submit(self._log_artifact, str(path), artifact_path)
-
-    def _log_artifact(self, path: str, artifact_path: str | None) -> None:
-        self._client.log_artifact(self._run_id, path, artifact_path=artifact_path)
+        self._send(op="artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
     def close(self, status: str) -> None:
-        """Wait for everything logged, then end the run with `status` (FINISHED or FAILED)."""
-        try:
-            for future in self._pending:
-                future.result()
-            self._client.set_terminated(self._run_id, status=status)
-        finally:
-            self._pool.shutdown(wait=True)
+        """End the run with `status` (FINISHED or FAILED) once everything logged is written."""
+        self._send(op="close", status=status)
+        assert self._helper.stdin is not None
+        self._helper.stdin.close()
+        if self._helper.wait() != 0:
+            self._fail()
 
 
 @contextlib.contextmanager
@@ -184,7 +171,7 @@ def stage_run(
     if revision:
         tags["mlflow.source.git.commit"] = revision
     run_name = f"{stage}@{cell}" if cell else stage
-    run = StageRun(tracking_uri(), experiment_name(study), run_name, tags)
+    run = StageRun(tracking_uri(), experiment_name(study), run_name, tags, repo_root())
     run.log_params(params)
     try:
         yield run
@@ -193,3 +180,65 @@ def stage_run(
             run.close("FAILED")
         raise
     run.close("FINISHED")
+
+
+# --------------------------------------------------------------------------------------------
+# The helper process
+
+
+def _open_run(client, message: dict[str, Any]) -> str:
+    experiment = message["experiment"]
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        artifact_location = None
+        if message["uri"].startswith("sqlite:"):
+            artifact_location = (Path(message["root"]) / ARTIFACTS_DIR).as_uri()
+        try:
+            return client.create_run(
+                client.create_experiment(experiment, artifact_location=artifact_location),
+                run_name=message["run_name"],
+                tags=message["tags"],
+            ).info.run_id
+        except Exception:  # another stage created the experiment first
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+    run = client.create_run(found.experiment_id, run_name=message["run_name"], tags=message["tags"])
+    return run.info.run_id
+
+
+def serve(lines, out) -> None:
+    """Write one stage's run from its JSON-line messages (what `python -m` of this module does)."""
+    import json
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = None
+    run_id = None
+    for line in lines:
+        message = json.loads(line)
+        op = message["op"]
+        if op == "open":
+            client = MlflowClient(tracking_uri=message["uri"])
+            run_id = _open_run(client, message)
+            print(run_id, file=out, flush=True)
+        elif op == "params":
+            params = [Param(k, v) for k, v in message["params"].items()]
+            client.log_batch(run_id, params=params)
+        elif op == "metrics":
+            client.log_batch(run_id, metrics=[Metric(*value) for value in message["values"]])
+        elif op == "tags":
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in message["tags"].items()])
+        elif op == "artifact":
+            client.log_artifact(run_id, message["path"], artifact_path=message["artifact_path"])
+        elif op == "close":
+            client.set_terminated(run_id, status=message["status"])
+        else:
+            raise ValueError(f"unknown tracking message {op!r}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(sys.stdin, sys.stdout)
