@@ -186,25 +186,22 @@ def stage_run(
 # The helper process
 
 
-def _open_run(client, message: dict[str, Any]) -> str:
-    experiment = message["experiment"]
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        artifact_location = None
-        if message["uri"].startswith("sqlite:"):
-            artifact_location = (Path(message["root"]) / ARTIFACTS_DIR).as_uri()
-        try:
-            return client.create_run(
-                client.create_experiment(experiment, artifact_location=artifact_location),
-                run_name=message["run_name"],
-                tags=message["tags"],
-            ).info.run_id
-        except Exception:  # another stage created the experiment first
-            found = client.get_experiment_by_name(experiment)
-            if found is None:
-                raise
-    run = client.create_run(found.experiment_id, run_name=message["run_name"], tags=message["tags"])
-    return run.info.run_id
+def _experiment_id(client, message: dict[str, Any]) -> str:
+    """The study's experiment, created on first use (artifacts beside a SQLite store)."""
+    name = message["experiment"]
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    artifact_location = None
+    if message["uri"].startswith("sqlite:"):
+        artifact_location = (Path(message["root"]) / ARTIFACTS_DIR).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # another stage created it first
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def serve(lines, out) -> None:
@@ -221,7 +218,11 @@ def serve(lines, out) -> None:
         op = message["op"]
         if op == "open":
             client = MlflowClient(tracking_uri=message["uri"])
-            run_id = _open_run(client, message)
+            run_id = client.create_run(
+                _experiment_id(client, message),
+                run_name=message["run_name"],
+                tags=message["tags"],
+            ).info.run_id
             print(run_id, file=out, flush=True)
         elif op == "params":
             params = [Param(k, v) for k, v in message["params"].items()]
