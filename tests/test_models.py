@@ -2,10 +2,18 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import TINY_MODEL
 
-from safetydrift.models import ModelError, ModelSpec, checkpoint_kind, load_model, prepare_model
+from safetydrift.models import (
+    ModelError,
+    ModelSpec,
+    checkpoint_kind,
+    gguf_parsed_once,
+    load_model,
+    prepare_model,
+)
 
 
 def test_random_model_from_config_is_saved_as_safetensors(tmp_path):
@@ -76,13 +84,13 @@ def test_gguf_is_dequantized_into_safetensors(tmp_path, monkeypatch):
     import gguf
 
     parsed = []
-    original = gguf.GGUFReader
+    original_init = gguf.GGUFReader.__init__
 
-    def counting_reader(*args, **kwargs):
-        parsed.append(args[0])
-        return original(*args, **kwargs)
+    def counting_init(self, path, *args, **kwargs):
+        parsed.append(path)
+        original_init(self, path, *args, **kwargs)
 
-    monkeypatch.setattr(gguf, "GGUFReader", counting_reader)
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", counting_init)
     fetched = subprocess.run(
         [
             str(TINY_MODEL.parents[3] / "shared" / "bin" / "fetch-standin-model"),
@@ -94,11 +102,22 @@ def test_gguf_is_dequantized_into_safetensors(tmp_path, monkeypatch):
     if fetched.returncode != 0 and not TINY_MODEL.parents[3].joinpath("shared").exists():
         pytest.skip("../shared is not beside this checkout")
     assert fetched.returncode == 0, fetched.stderr
-    gguf = fetched.stdout.strip().splitlines()[-1]
-    info = prepare_model(ModelSpec(source=gguf, dtype="bfloat16"), tmp_path / "base")
+    gguf_path = fetched.stdout.strip().splitlines()[-1]
+    info = prepare_model(ModelSpec(source=gguf_path, dtype="bfloat16"), tmp_path / "base")
     assert info["kind"] == "gguf" and len(info["sha256"]) == 64
     # Tokenizer, config and weights all came from one parse of the file.
     assert len(parsed) == 1, parsed
+    # The array-backed reader of that parse sees every field and tensor as gguf-py's reader does.
+    with gguf_parsed_once():
+        fast = gguf.GGUFReader(parsed[0])
+    plain = gguf.GGUFReader(parsed[0])
+    assert type(fast) is not type(plain) and fast.fields.keys() == plain.fields.keys()
+    for name, field in plain.fields.items():
+        same = fast.fields[name]
+        assert same.data == field.data and same.types == field.types
+        assert all(np.array_equal(a, b) for a, b in zip(same.parts, field.parts, strict=True))
+    for same, tensor in zip(fast.tensors, plain.tensors, strict=True):
+        assert same.name == tensor.name and np.array_equal(same.data, tensor.data)
     config = json.loads((tmp_path / "base" / "config.json").read_text())
     assert "quantization_config" not in config
     model = load_model(tmp_path / "base", dtype="bfloat16")

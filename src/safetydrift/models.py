@@ -87,21 +87,40 @@ def _read_chat_template(value: str) -> str:
 
 @contextlib.contextmanager
 def gguf_parsed_once() -> Iterator[None]:
-    """Let transformers parse each GGUF file once, instead of once per object it builds.
+    """Let transformers parse each GGUF file once, and fast, instead of once per object it builds.
 
     transformers reads the tokenizer, the config and the weights each through a fresh
     `gguf.GGUFReader`, and gguf-py parses a 151k-entry vocabulary element by element: for the
     stand-in model three parses took ~40 s of the ~75 s that `prepare_model` spent. The reader
-    only maps the file read-only, so one reader per path can serve all three.
+    only maps the file read-only, so one reader per path can serve all three. Each element is a
+    slice of the mapped file; slicing a `numpy.memmap` runs Python code (`__getitem__`,
+    `__array_finalize__`) that slicing a plain array over the same bytes does not, so the reader
+    sees the mapping as a plain array: 9.4 s -> 2.9 s for the stand-in's parse, same fields.
     """
     import gguf
 
     original = gguf.GGUFReader
-    gguf.GGUFReader = functools.lru_cache(maxsize=4)(original)
+    gguf.GGUFReader = functools.lru_cache(maxsize=4)(_array_backed(original))
     try:
         yield
     finally:
         gguf.GGUFReader = original
+
+
+def _array_backed(reader_class):
+    import numpy as np
+
+    class ArrayBackedReader(reader_class):
+        @property
+        def data(self):
+            return self._mapped
+
+        @data.setter
+        def data(self, value):
+            # The same read-only mapped bytes, as an ndarray instead of a memmap.
+            self._mapped = value.view(np.ndarray)
+
+    return ArrayBackedReader
 
 
 def load_source(spec: ModelSpec):
