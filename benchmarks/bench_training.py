@@ -6,9 +6,12 @@ Runs the library's own `train_cell` (the train stage without DVC and MLflow) on 
 - `plain`: padded batches, PyTorch's for-loop AdamW and eager kernels, as TRL's defaults train;
 - `eager`: `plain` with fused AdamW (what `compile: false` trains);
 - `fast`: the pipeline's GPU defaults: padded batches, fused AdamW, decoder blocks compiled;
-- `packed`: `fast` with padding-free batches (each batch packed into one row).
+- `packed`: `fast` with padding-free batches (each batch packed into one row);
+- `padded`: `fast` with each batch padded to a multiple of 64 tokens;
+- `graphs`: `padded` with the compiled blocks replayed as CUDA graphs (`compile_mode:
+  reduce-overhead`), one recording per padded length.
 
-Both variants see the same examples in the same order with the same seed, so their per-step
+All variants see the same examples in the same order with the same seed, so their per-step
 losses must agree up to floating-point noise; the script reports the largest difference.
 
     python benchmarks/bench_training.py --base models/base --train data/mtpref/train.jsonl \
@@ -32,12 +35,18 @@ import yaml
 from safetydrift.data import read_pairs
 from safetydrift.methods import train_cell, train_settings
 
+EAGER = {"compile": False, "compile_mode": "default", "pad_to_multiple_of": None}
+COMPILED = {**EAGER, "compile": True}
 VARIANTS = {
-    "plain": {"padding_free": False, "optimizer": "adamw_torch", "compile": False},
-    "eager": {"padding_free": False, "optimizer": "adamw_torch_fused", "compile": False},
-    "fast": {"padding_free": False, "optimizer": "adamw_torch_fused", "compile": True},
-    "packed": {"padding_free": True, "optimizer": "adamw_torch_fused", "compile": True},
-}
+    "plain": {"padding_free": False, "optimizer": "adamw_torch", **EAGER},
+    "eager": {"padding_free": False, "optimizer": "adamw_torch_fused", **EAGER},
+    "fast": {"padding_free": False, "optimizer": "adamw_torch_fused", **COMPILED},
+    "packed": {"padding_free": True, "optimizer": "adamw_torch_fused", **COMPILED},
+    "padded": {"padding_free": False, "optimizer": "adamw_torch_fused", **COMPILED,
+               "pad_to_multiple_of": 64},
+    "graphs": {"padding_free": False, "optimizer": "adamw_torch_fused", **COMPILED,
+               "pad_to_multiple_of": 64, "compile_mode": "reduce-overhead"},
+}  # fmt: skip
 
 
 def profiler_callback(start: int, count: int, label: str, out_dir: Path | None):
@@ -141,6 +150,7 @@ def main() -> None:
                 # The variant decides, not a preset's per-method `compile` (bitsandbytes' 4-bit
                 # layers stay eager whatever the variant).
                 method_params["compile"] = VARIANTS[variant]["compile"]
+                method_params["compile_mode"] = VARIANTS[variant]["compile_mode"]
             settings = train_settings(run_params, method, args.lr)
             callbacks = []
             if profile:

@@ -207,6 +207,39 @@ def test_compile_setting_is_validated_and_a_method_may_override_it():
         train_settings(params_with(compile="fast"), "full", 1e-4)
 
 
+def test_compile_mode_and_padding_multiple_are_validated():
+    settings = train_settings(params_with(compile_mode="reduce-overhead", pad_to_multiple_of=64),
+                              "full", 1e-4)  # fmt: skip
+    assert (settings.compile_mode, settings.pad_to_multiple_of) == ("reduce-overhead", 64)
+    params = params_with(compile_mode="reduce-overhead")
+    params["methods"]["lora"]["compile_mode"] = "default"
+    assert train_settings(params, "lora", 1e-4).compile_mode == "default"
+    with pytest.raises(ParamError, match="`train.compile_mode` .* must be one of default, reduce"):
+        train_settings(params_with(compile_mode="fast"), "full", 1e-4)
+    for bad in (0, -64, "64", True, 6.4):
+        with pytest.raises(ParamError, match="`train.pad_to_multiple_of` must be a positive"):
+            train_settings(params_with(pad_to_multiple_of=bad), "full", 1e-4)
+
+
+@pytest.mark.parametrize("method", ["full", "dpo"])
+def test_padding_batches_to_a_multiple_leaves_the_loss_unchanged(
+    method, base_model_dir, prepared_mtpref, tmp_path
+):
+    """Rounding batch lengths up (so that CUDA graphs meet a few shapes) only adds masked
+    positions: the collated batches grow to a multiple of 64, the loss curve stays the same."""
+    from safetydrift.methods import build_trainer
+
+    pairs = read_pairs(prepared_mtpref / "train.jsonl")[:8]
+    padded_settings = train_settings(params_with(pad_to_multiple_of=64), method, 1e-3)
+    trainer = build_trainer(padded_settings, base_model_dir, pairs, tmp_path / "work")
+    batch = next(iter(trainer.get_train_dataloader()))
+    lengths = [v.shape[-1] for k, v in batch.items() if k.endswith("input_ids")]
+    assert lengths and all(length % 64 == 0 for length in lengths), lengths
+    unpadded = train(method, pairs, base_model_dir, tmp_path / "unpadded")
+    padded = train(method, pairs, base_model_dir, tmp_path / "padded", pad_to_multiple_of=64)
+    assert padded.losses == pytest.approx(unpadded.losses, abs=1e-5)
+
+
 def test_regional_compilation_compiles_every_decoder_block_in_place(base_model_dir):
     import torch
 

@@ -25,6 +25,9 @@ from safetydrift.params import ParamError, get, positive_float
 log = logging.getLogger(__name__)
 
 METHODS = ("full", "lora", "qlora", "dpo")
+# torch.compile's modes. The CUDA-graph ones record a graph per sequence length: pair them with
+# `train.pad_to_multiple_of`, so that a run meets a few lengths instead of one per batch.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CHECKPOINT_INFO_FILE = "checkpoint.json"
 
 
@@ -70,6 +73,8 @@ class TrainSettings:
     padding_free: bool
     gradient_checkpointing: bool
     compile: str = "auto"  # regional torch.compile of the decoder blocks: auto (CUDA only), on, off
+    compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" adds CUDA graphs
+    pad_to_multiple_of: int | None = None  # batch lengths rounded up: few shapes to graph
     num_processes: int = 1
     distributed: str = "ddp"  # or "fsdp", when num_processes > 1
     lora: LoraSettings | None = None
@@ -109,6 +114,8 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         padding_free=bool(train.get("padding_free", False)),
         gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
         compile=compile_setting(method_params.get("compile", train.get("compile", "auto")), method),
+        compile_mode=str(method_params.get("compile_mode", train.get("compile_mode", "default"))),
+        pad_to_multiple_of=train.get("pad_to_multiple_of"),
         num_processes=int(train.get("num_processes", 1)),
         distributed=str(train.get("distributed", "ddp")),
     )
@@ -133,6 +140,19 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
     if settings.distributed not in ("ddp", "fsdp"):
         raise ParamError(
             f"params.yaml: `train.distributed` must be ddp or fsdp, got {settings.distributed!r}"
+        )
+    if settings.compile_mode not in COMPILE_MODES:
+        raise ParamError(
+            f"params.yaml: `train.compile_mode` (or `methods.{method}.compile_mode`) must be one "
+            f"of {', '.join(COMPILE_MODES)}, got {settings.compile_mode!r}"
+        )
+    multiple = settings.pad_to_multiple_of
+    if multiple is not None and (
+        isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1
+    ):
+        raise ParamError(
+            f"params.yaml: `train.pad_to_multiple_of` must be a positive integer or null, "
+            f"got {multiple!r}"
         )
     if settings.precision not in ("auto", "bf16", "fp32"):
         raise ParamError(
@@ -230,18 +250,21 @@ def use_compile(settings: TrainSettings) -> bool:
     return settings.compile == "on"
 
 
-def compile_blocks(model) -> int:
+def compile_blocks(model, mode: str = "default") -> int:
     """Regional compilation: compile each repeated decoder block in place, with dynamic shapes.
 
     The blocks share one code object, so the compiler's work is paid once for all of them and for
     every sequence length; the embedding, LM head and TRL's fused loss stay eager (the loss
     selects its tokens with a data-dependent mask, which would recompile a whole-model graph for
-    every batch). Returns the number of blocks compiled.
+    every batch). With `mode="reduce-overhead"` each block's forward and backward also replay as
+    CUDA graphs, one recording per sequence length: a step's host time was mostly the compiled
+    blocks' own Python wrappers launching kernels one by one (profiled on an H100, README).
+    Returns the number of blocks compiled.
     """
     block_classes = set(getattr(model, "_no_split_modules", None) or [])
     blocks = [m for m in model.modules() if type(m).__name__ in block_classes]
     for block in blocks:
-        block.compile(dynamic=True)
+        block.compile(dynamic=True, mode=None if mode == "default" else mode)
     return len(blocks)
 
 
@@ -401,6 +424,8 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path, bf16: bool) -> 
         "gradient_checkpointing": settings.gradient_checkpointing,
         "max_length": settings.max_length,
         "dataloader_num_workers": 0,
+        # Padded positions are masked out of attention and loss: the loss does not change.
+        "pad_to_multiple_of": settings.pad_to_multiple_of,
         "remove_unused_columns": True,
         "disable_tqdm": False,
     }
@@ -416,7 +441,7 @@ def build_trainer(
     check_target_modules(model, settings)
     compiled = use_compile(settings)
     if compiled:
-        compile_blocks(model)
+        compile_blocks(model, settings.compile_mode)
     from safetydrift.models import load_tokenizer
 
     tokenizer = load_tokenizer(base_dir)
@@ -431,7 +456,7 @@ def build_trainer(
         # dtype), so that its blocks can be compiled too.
         reference = load_training_model(base_dir, settings, bf16)
         if compiled:
-            compile_blocks(reference)
+            compile_blocks(reference, settings.compile_mode)
         return DPOTrainer(
             model=model,
             ref_model=reference,
