@@ -98,7 +98,13 @@ def profiler_callback(start: int, count: int, label: str, out_dir: Path | None):
                 e.count
                 for e in events
                 if e.key
-                in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch")
+                in (
+                    "cudaLaunchKernel",
+                    "cuLaunchKernel",
+                    "cuLaunchKernelEx",
+                    "cudaLaunchKernelExC",
+                    "cudaGraphLaunch",
+                )
             )
             self.summary = {
                 "run": label,
