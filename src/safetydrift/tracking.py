@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -75,9 +76,6 @@ class StageRun:
     def __init__(
         self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], root: Path
     ) -> None:
-        import subprocess
-        import sys
-
         self._helper = subprocess.Popen(
             [sys.executable, "-m", "safetydrift.tracking"],
             stdin=subprocess.PIPE,
