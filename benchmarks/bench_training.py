@@ -36,17 +36,16 @@ from safetydrift.data import read_pairs
 from safetydrift.methods import train_cell, train_settings
 
 EAGER = {"compile": False, "compile_mode": "default", "pad_to_multiple_of": None}
-COMPILED = {**EAGER, "compile": True}
+FAST = {"padding_free": False, "optimizer": "adamw_torch_fused", **EAGER, "compile": True}
+PADDED = {**FAST, "pad_to_multiple_of": 64}
 VARIANTS = {
-    "plain": {"padding_free": False, "optimizer": "adamw_torch", **EAGER},
-    "eager": {"padding_free": False, "optimizer": "adamw_torch_fused", **EAGER},
-    "fast": {"padding_free": False, "optimizer": "adamw_torch_fused", **COMPILED},
-    "packed": {"padding_free": True, "optimizer": "adamw_torch_fused", **COMPILED},
-    "padded": {"padding_free": False, "optimizer": "adamw_torch_fused", **COMPILED,
-               "pad_to_multiple_of": 64},
-    "graphs": {"padding_free": False, "optimizer": "adamw_torch_fused", **COMPILED,
-               "pad_to_multiple_of": 64, "compile_mode": "reduce-overhead"},
-}  # fmt: skip
+    "plain": {**FAST, **EAGER, "optimizer": "adamw_torch"},
+    "eager": {**FAST, **EAGER},
+    "fast": FAST,
+    "packed": {**FAST, "padding_free": True},
+    "padded": PADDED,
+    "graphs": {**PADDED, "compile_mode": "reduce-overhead"},
+}
 
 
 def profiler_callback(start: int, count: int, label: str, out_dir: Path | None):
