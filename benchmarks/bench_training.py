@@ -9,7 +9,8 @@ Runs the library's own `train_cell` (the train stage without DVC and MLflow) on 
 - `packed`: `fast` with padding-free batches (each batch packed into one row);
 - `padded`: `fast` with each batch padded to a multiple of 64 tokens;
 - `graphs`: `padded` with the compiled blocks replayed as CUDA graphs (`compile_mode:
-  reduce-overhead`), one recording per padded length.
+  reduce-overhead`), one recording per padded length. Full weights only: with LoRA the first
+  backward crashed the process on an H100, so the train params refuse that pairing.
 
 All variants see the same examples in the same order with the same seed, so their per-step
 losses must agree up to floating-point noise; the script reports the largest difference.

@@ -221,6 +221,19 @@ def test_compile_mode_and_padding_multiple_are_validated():
             train_settings(params_with(pad_to_multiple_of=bad), "full", 1e-4)
 
 
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_cuda_graph_modes_are_refused_for_compiled_lora(mode):
+    params = params_with(compile=True, compile_mode=mode)
+    for method in ("lora", "qlora"):
+        params["methods"][method]["compile"] = True
+        with pytest.raises(ParamError, match=f"`compile_mode: {mode}` .* crashes {method}"):
+            train_settings(params, method, 1e-4)
+        params["methods"][method]["compile"] = False  # eager LoRA ignores the mode
+        assert train_settings(params, method, 1e-4).compile == "off"
+    params = params_with(compile=True, compile_mode="max-autotune-no-cudagraphs")
+    assert train_settings(params, "lora", 1e-4).compile_mode == "max-autotune-no-cudagraphs"
+
+
 @pytest.mark.parametrize("method", ["full", "dpo"])
 def test_padding_batches_to_a_multiple_leaves_the_loss_unchanged(
     method, base_model_dir, prepared_mtpref, tmp_path

@@ -28,6 +28,7 @@ METHODS = ("full", "lora", "qlora", "dpo")
 # torch.compile's modes. The CUDA-graph ones record a graph per sequence length: pair them with
 # `train.pad_to_multiple_of`, so that a run meets a few lengths instead of one per batch.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 CHECKPOINT_INFO_FILE = "checkpoint.json"
 
 
@@ -145,6 +146,18 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         raise ParamError(
             f"params.yaml: `train.compile_mode` (or `methods.{method}.compile_mode`) must be one "
             f"of {', '.join(COMPILE_MODES)}, got {settings.compile_mode!r}"
+        )
+    if (
+        method in ("lora", "qlora")
+        and settings.compile != "off"
+        and settings.compile_mode in CUDA_GRAPH_MODES
+    ):
+        # Measured on an H100 (torch 2.11, PEFT 0.21): the first backward through the graphed
+        # LoRA blocks kills the process with a segmentation fault, so refuse before any work.
+        raise ParamError(
+            f"params.yaml: `compile_mode: {settings.compile_mode}` (CUDA graphs) crashes "
+            f"{method} training with a segmentation fault; set `methods.{method}.compile_mode` "
+            f"to default or max-autotune-no-cudagraphs, or `methods.{method}.compile: false`"
         )
     multiple = settings.pad_to_multiple_of
     if multiple is not None and (
