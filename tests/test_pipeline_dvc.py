@@ -63,6 +63,12 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
         assert sorted(refusal["checkpoints"]) == ["ckpt-025", "ckpt-050", "ckpt-075", "ckpt-100"]
         chrf = json.loads((project / "metrics/chrf" / f"{cell}.json").read_text())
         assert 0 <= chrf["checkpoints"]["ckpt-100"]["chrf"] <= 100
+        # Where the generation stage's time went, for the speed figures.
+        times = json.loads((project / "generations/refusal" / cell / "generation.json").read_text())
+        parts = [times["tracking_seconds"], times["import_seconds"]]
+        parts += [*times["load_seconds"].values(), *times["generation_seconds"].values()]
+        assert times["startup_seconds"] > 0 and min(parts) >= 0
+        assert sum(parts) <= times["stage_seconds"]
     assert (project / "reports/figures/fig1_tradeoff.png").exists()
     assert (project / "reports/figures/fig2_lr_curves.png").exists()
     assert (

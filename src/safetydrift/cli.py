@@ -26,8 +26,8 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_stage(function: Callable[..., Any], *args: Any) -> None:
-    """Run one stage function; a bad-input error exits 1 with its message and no traceback."""
+def run_command(function: Callable[..., Any], *args: Any) -> None:
+    """Run `function`; a bad-input error exits 1 with its message and no traceback."""
     configure_logging()
     try:
         function(*args)
@@ -36,6 +36,19 @@ def run_stage(function: Callable[..., Any], *args: Any) -> None:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def run_stage(function: Callable[..., Any], *args: Any) -> None:
+    """A DVC stage's process: run its function, then end the process (exit status 0).
+
+    Bytecode is cached where the environment forbids writing it, and a finished stage skips the
+    interpreter's teardown (`safetydrift.process`). A failed stage exits as `run_command` does.
+    """
+    from safetydrift.process import enable_bytecode_cache, exit_now
+
+    enable_bytecode_cache()
+    run_command(function, *args)
+    exit_now(0)
 
 
 def _preset(args: argparse.Namespace) -> None:
@@ -181,8 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from safetydrift.process import enable_bytecode_cache
+
+    # `grid` and `repro` start DVC and the stages: they share the cache too.
+    enable_bytecode_cache()
     args = build_parser().parse_args(argv)
-    run_stage(args.handler, args)
+    run_command(args.handler, args)
 
 
 if __name__ == "__main__":

@@ -344,6 +344,16 @@ class CheckpointGenerations:
     load_seconds: float  # loading its weights; for the first, the tokenizer and base model too
 
 
+def import_libraries(adapters: bool) -> None:
+    """Import what generating needs (torch, transformers' models, PEFT for adapters) now, so that a
+    stage reports its imports apart from its loading: in a fresh process they cost more."""
+    import torch  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
+
+    if adapters:
+        import peft  # noqa: F401
+
+
 def generate_for_checkpoints(
     base_dir: Path,
     checkpoints: Sequence[Checkpoint],

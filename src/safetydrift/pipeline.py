@@ -121,7 +121,7 @@ def train(params: dict[str, Any], method: str, learning_rate: float) -> dict[str
     from safetydrift.data import read_pairs
     from safetydrift.io import atomic_dir, write_json
     from safetydrift.methods import train_cell, train_settings
-    from safetydrift.timing import process_age_seconds
+    from safetydrift.process import process_age_seconds
 
     startup_seconds = process_age_seconds()
     started = time.perf_counter()
@@ -222,10 +222,14 @@ def measurement_prompts(params: dict[str, Any], measurement: str):
 
 def generate(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
     """Generate every checkpoint's responses for one measurement (`refusal` or `chrf`)."""
-    from safetydrift.generation import GenerationSettings, generate_for_checkpoints
+    from safetydrift.generation import (
+        GenerationSettings,
+        generate_for_checkpoints,
+        import_libraries,
+    )
     from safetydrift.io import atomic_dir, write_json, write_jsonl
     from safetydrift.models import default_device
-    from safetydrift.timing import process_age_seconds
+    from safetydrift.process import process_age_seconds
 
     startup_seconds = process_age_seconds()  # interpreter start and imports, before any work
     started = time.perf_counter()
@@ -243,7 +247,10 @@ def generate(params: dict[str, Any], measurement: str, cell: str) -> dict[str, A
         atomic_dir(out_dir) as tmp,
     ):
         tracking_seconds = elapsed(started)
+        importing = time.perf_counter()
+        import_libraries(adapters=any(c.kind == "adapter" for c in checkpoints))
         device = default_device()
+        import_seconds = elapsed(importing)
         for result in generate_for_checkpoints(
             BASE_MODEL_DIR, checkpoints, conversations, ids, settings, device
         ):
@@ -273,11 +280,13 @@ def generate(params: dict[str, Any], measurement: str, cell: str) -> dict[str, A
             "checkpoints": [
                 {"label": c.label, "fraction": c.fraction, "step": c.step} for c in checkpoints
             ],
-            # Where a fresh process's time goes: imports, opening the MLflow run, loading each
-            # checkpoint (the first: tokenizer and base model too), generating (the first pass:
-            # graph capture too), and the whole stage after imports.
+            # Where a fresh process's time goes: interpreter start, opening the MLflow run,
+            # importing torch, transformers (and PEFT), loading each checkpoint (the first: the
+            # tokenizer and base model too), generating (the first pass: graph capture too), and
+            # the whole stage after the interpreter's start.
             "startup_seconds": startup_seconds,
             "tracking_seconds": tracking_seconds,
+            "import_seconds": import_seconds,
             "load_seconds": load_timings,
             "generation_seconds": timings,
             "stage_seconds": elapsed(started),

@@ -28,23 +28,6 @@ SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
 RESTORED = re.compile(r"Stage '([^']+)' is cached - skipping run")
 
 
-def process_age_seconds() -> float | None:
-    """Seconds since this process started (Linux), so a stage can report its import time."""
-    import os
-
-    try:
-        fields = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
-        boot_time = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-    except (OSError, StopIteration, IndexError, ValueError):
-        return None
-    started = boot_time + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
-    return round(time.time() - started, 2)
-
-
 def stage_durations(timed_lines: Iterable[tuple[float, str]], end: float) -> list[dict[str, Any]]:
     """[{stage, seconds}] of the stages that ran, from (timestamp, line) pairs of DVC's output."""
     durations: list[dict[str, Any]] = []
