@@ -10,10 +10,7 @@ Runs the library's own `train_cell` (the train stage without DVC and MLflow) on 
 - `padded`: `fast` with each batch padded to a multiple of 64 tokens;
 - `graphs`: `padded` with the compiled blocks replayed as CUDA graphs (`compile_mode:
   reduce-overhead`), one recording per padded length. Full weights only: with LoRA the first
-  backward crashed the process on an H100, so the train params refuse that pairing;
-- `decoder`: `fast` with the whole decoder stack compiled as one graph (`compile_scope:
-  decoder`) instead of one graph per block;
-- `decoder-graphs`: `graphs` with the whole decoder stack as one graph (full weights only).
+  backward crashed the process on an H100, so the train params refuse that pairing.
 
 All variants see the same examples in the same order with the same seed, so their per-step
 losses must agree up to floating-point noise; the script reports the largest difference from
@@ -40,12 +37,7 @@ import yaml
 from safetydrift.data import read_pairs
 from safetydrift.methods import train_cell, train_settings
 
-EAGER = {
-    "compile": False,
-    "compile_mode": "default",
-    "compile_scope": "blocks",
-    "pad_to_multiple_of": None,
-}
+EAGER = {"compile": False, "compile_mode": "default", "pad_to_multiple_of": None}
 FAST = {"padding_free": False, "optimizer": "adamw_torch_fused", **EAGER, "compile": True}
 PADDED = {**FAST, "pad_to_multiple_of": 64}
 VARIANTS = {
@@ -55,8 +47,6 @@ VARIANTS = {
     "packed": {**FAST, "padding_free": True},
     "padded": PADDED,
     "graphs": {**PADDED, "compile_mode": "reduce-overhead"},
-    "decoder": {**FAST, "compile_scope": "decoder"},
-    "decoder-graphs": {**PADDED, "compile_mode": "reduce-overhead", "compile_scope": "decoder"},
 }
 
 
@@ -167,8 +157,8 @@ def main() -> None:
             if "quantization" not in method_params:
                 # The variant decides, not a preset's per-method `compile` (bitsandbytes' 4-bit
                 # layers stay eager whatever the variant).
-                for key in ("compile", "compile_mode", "compile_scope"):
-                    method_params[key] = VARIANTS[variant][key]
+                method_params["compile"] = VARIANTS[variant]["compile"]
+                method_params["compile_mode"] = VARIANTS[variant]["compile_mode"]
             settings = train_settings(run_params, method, args.lr)
             callbacks = []
             if profile:

@@ -281,46 +281,6 @@ def test_compiled_blocks_train_as_eager_ones(base_model_dir, prepared_mtpref, tm
     assert eager.losses[0] == pytest.approx(0.693147, abs=1e-5)
 
 
-def test_compile_scope_is_validated_and_a_method_may_override_it():
-    assert train_settings(PARAMS, "full", 1e-4).compile_scope == "blocks"
-    params = params_with(compile_scope="decoder")
-    params["methods"]["lora"]["compile_scope"] = "blocks"
-    assert train_settings(params, "full", 1e-4).compile_scope == "decoder"
-    assert train_settings(params, "lora", 1e-4).compile_scope == "blocks"
-    with pytest.raises(ParamError, match="`train.compile_scope` .* must be one of blocks, decoder"):
-        train_settings(params_with(compile_scope="model"), "full", 1e-4)
-
-
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_a_compiled_decoder_trains_as_an_eager_one(
-    method, base_model_dir, prepared_mtpref, tmp_path
-):
-    """`compile_scope: decoder` compiles the decoder stack as one graph (the LoRA layers that PEFT
-    adds afterwards included) and follows the eager run's loss curve, in float32 on the CPU."""
-    from safetydrift.methods import compile_decoder
-    from safetydrift.models import load_model
-
-    model = load_model(base_model_dir, dtype="float32")
-    names_before = list(model.state_dict())
-    assert compile_decoder(model) == 1
-    assert model.get_decoder()._compiled_call_impl is not None
-    assert list(model.state_dict()) == names_before  # checkpoints keep their weight names
-
-    pairs = read_pairs(prepared_mtpref / "train.jsonl")[:8]
-    runs = {}
-    for compiled in (False, True):
-        params = params_with(compile=compiled, compile_scope="decoder")
-        params["methods"]["lora"]["compile"] = compiled
-        # Compiled and eager dropout draw different masks; without dropout the curves must agree.
-        params["methods"]["lora"]["lora"]["dropout"] = 0.0
-        settings = train_settings(params, method, 1e-3)
-        runs[compiled] = train_cell(
-            settings, base_model_dir, pairs, tmp_path / f"{compiled}", tmp_path / "work"
-        )
-    assert len(runs[True].losses) == len(runs[False].losses) == 4
-    assert runs[True].losses == pytest.approx(runs[False].losses, abs=1e-4)
-
-
 def test_compiled_lora_compiles_one_graph_for_all_blocks(base_model_dir, prepared_mtpref, tmp_path):
     """LoRA's frozen embeddings would give the first block an input without grad, and so a second
     compiled graph; the trainer makes that input require grad so that one graph serves all."""

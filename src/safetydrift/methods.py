@@ -29,9 +29,6 @@ METHODS = ("full", "lora", "qlora", "dpo")
 # `train.pad_to_multiple_of`, so that a run meets a few lengths instead of one per batch.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-# What one compiled graph covers: each decoder block (compiled once, reused by all), or the whole
-# decoder stack (embeddings, every block, final norm) as one graph with one Python wrapper.
-COMPILE_SCOPES = ("blocks", "decoder")
 CHECKPOINT_INFO_FILE = "checkpoint.json"
 
 
@@ -78,7 +75,6 @@ class TrainSettings:
     gradient_checkpointing: bool
     compile: str = "auto"  # regional torch.compile of the decoder blocks: auto (CUDA only), on, off
     compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" adds CUDA graphs
-    compile_scope: str = "blocks"  # one graph per decoder block, or one for the whole decoder
     pad_to_multiple_of: int | None = None  # batch lengths rounded up: few shapes to graph
     num_processes: int = 1
     distributed: str = "ddp"  # or "fsdp", when num_processes > 1
@@ -120,7 +116,6 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
         compile=compile_setting(method_params.get("compile", train.get("compile", "auto")), method),
         compile_mode=str(method_params.get("compile_mode", train.get("compile_mode", "default"))),
-        compile_scope=str(method_params.get("compile_scope", train.get("compile_scope", "blocks"))),
         pad_to_multiple_of=train.get("pad_to_multiple_of"),
         num_processes=int(train.get("num_processes", 1)),
         distributed=str(train.get("distributed", "ddp")),
@@ -151,11 +146,6 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         raise ParamError(
             f"params.yaml: `train.compile_mode` (or `methods.{method}.compile_mode`) must be one "
             f"of {', '.join(COMPILE_MODES)}, got {settings.compile_mode!r}"
-        )
-    if settings.compile_scope not in COMPILE_SCOPES:
-        raise ParamError(
-            f"params.yaml: `train.compile_scope` (or `methods.{method}.compile_scope`) must be one "
-            f"of {', '.join(COMPILE_SCOPES)}, got {settings.compile_scope!r}"
         )
     if (
         method in ("lora", "qlora")
@@ -271,26 +261,6 @@ def use_compile(settings: TrainSettings) -> bool:
     if settings.compile == "auto":
         return cuda_available()
     return settings.compile == "on"
-
-
-def compile_model(model, scope: str = "blocks", mode: str = "default") -> int:
-    """Compile `model`'s decoder blocks one by one, or its whole decoder stack as one graph
-    (`train.compile_scope`); return the number of modules compiled."""
-    if scope == "decoder":
-        return compile_decoder(model, mode)
-    return compile_blocks(model, mode)
-
-
-def compile_decoder(model, mode: str = "default") -> int:
-    """Compile the decoder stack (embeddings, every block, final norm) as one graph.
-
-    Per-block graphs pay a compiled module's Python wrapper (guards, autograd function, kernel
-    launcher) 24 times a forward and again a backward; one graph pays it once, at the price of
-    compiling all layers' code rather than one block's. The LM head and TRL's loss stay eager,
-    as with `compile_blocks`.
-    """
-    model.get_decoder().compile(dynamic=True, mode=None if mode == "default" else mode)
-    return 1
 
 
 def compile_blocks(model, mode: str = "default") -> int:
@@ -484,7 +454,7 @@ def build_trainer(
     check_target_modules(model, settings)
     compiled = use_compile(settings)
     if compiled:
-        compile_model(model, settings.compile_scope, settings.compile_mode)
+        compile_blocks(model, settings.compile_mode)
     from safetydrift.models import load_tokenizer
 
     tokenizer = load_tokenizer(base_dir)
@@ -499,7 +469,7 @@ def build_trainer(
         # dtype), so that its blocks can be compiled too.
         reference = load_training_model(base_dir, settings, bf16)
         if compiled:
-            compile_model(reference, settings.compile_scope, settings.compile_mode)
+            compile_blocks(reference, settings.compile_mode)
         return DPOTrainer(
             model=model,
             ref_model=reference,
@@ -526,7 +496,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=peft,
     )
-    if compiled and peft is not None and settings.compile_scope == "blocks":
+    if compiled and peft is not None:
         # With frozen embeddings the first block's input does not require grad and every other
         # block's does: two graphs to compile where full fine-tuning has one. Making the
         # embedding output require grad costs one block's input gradient per step.
