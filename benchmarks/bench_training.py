@@ -8,9 +8,16 @@ Runs the library's own `train_cell` (the train stage without DVC and MLflow) on 
 - `fast`: the pipeline's GPU defaults: padded batches, fused AdamW, decoder blocks compiled;
 - `packed`: `fast` with padding-free batches (each batch packed into one row);
 - `padded`: `fast` with each batch padded to a multiple of 64 tokens;
-- `graphs`: `padded` with the compiled blocks replayed as CUDA graphs (`compile_mode:
-  reduce-overhead`), one recording per padded length. Full weights only: with LoRA the first
-  backward crashed the process on an H100, so the train params refuse that pairing.
+- `reduce-overhead`: `padded` with the compiled blocks replayed as CUDA graphs by torch.compile
+  (`compile_mode: reduce-overhead`), one recording per block and padded length. Full weights
+  only: with LoRA the first backward crashed the process on an H100, so the train params refuse
+  that pairing (called `graphs` in RESULTS.md's earlier runs);
+- `graphed`: eager kernels, batches padded to a multiple of 64, and the whole decoder's forward
+  and backward replayed as one CUDA graph each (`train.cuda_graphs`), one recording per padded
+  length; `graphed-32` pads to a multiple of 32 (less padding, more recordings);
+  `graphed-compiled` records the compiled blocks instead of eager ones.
+
+`preset` trains with the params file's settings as they are (what the train stage does).
 
 All variants see the same examples in the same order with the same seed, so their per-step
 losses must agree up to floating-point noise; the script reports the largest difference from
@@ -37,17 +44,29 @@ import yaml
 from safetydrift.data import read_pairs
 from safetydrift.methods import train_cell, train_settings
 
-EAGER = {"compile": False, "compile_mode": "default", "pad_to_multiple_of": None}
+EAGER = {
+    "compile": False,
+    "compile_mode": "default",
+    "pad_to_multiple_of": None,
+    "cuda_graphs": False,
+}
 FAST = {"padding_free": False, "optimizer": "adamw_torch_fused", **EAGER, "compile": True}
 PADDED = {**FAST, "pad_to_multiple_of": 64}
+GRAPHED = {**FAST, "compile": False, "pad_to_multiple_of": 64, "cuda_graphs": True}
 VARIANTS = {
+    "preset": {},  # the params file's own settings
     "plain": {**FAST, **EAGER, "optimizer": "adamw_torch"},
     "eager": {**FAST, **EAGER},
     "fast": FAST,
     "packed": {**FAST, "padding_free": True},
     "padded": PADDED,
-    "graphs": {**PADDED, "compile_mode": "reduce-overhead"},
+    "reduce-overhead": {**PADDED, "compile_mode": "reduce-overhead"},
+    "graphed": GRAPHED,
+    "graphed-32": {**GRAPHED, "pad_to_multiple_of": 32},
+    "graphed-compiled": {**GRAPHED, "compile": True},
 }
+# What a variant decides for every method, over a preset's per-method settings.
+METHOD_KEYS = ("compile", "compile_mode", "cuda_graphs")
 
 
 def profiler_callback(start: int, count: int, label: str, out_dir: Path | None):
@@ -154,11 +173,10 @@ def main() -> None:
             run_params = copy.deepcopy(params)
             run_params["train"].update(VARIANTS[variant])
             method_params = run_params["methods"].setdefault(method, {})
-            if "quantization" not in method_params:
-                # The variant decides, not a preset's per-method `compile` (bitsandbytes' 4-bit
+            if "quantization" not in method_params and variant != "preset":
+                # The variant decides, not a preset's per-method settings (bitsandbytes' 4-bit
                 # layers stay eager whatever the variant).
-                method_params["compile"] = VARIANTS[variant]["compile"]
-                method_params["compile_mode"] = VARIANTS[variant]["compile_mode"]
+                method_params.update({k: VARIANTS[variant][k] for k in METHOD_KEYS})
             settings = train_settings(run_params, method, args.lr)
             callbacks = []
             if profile:
@@ -181,14 +199,16 @@ def main() -> None:
                 "peak_memory_gib": round((result.peak_memory_bytes or 0) / 2**30, 2),
                 "final_loss": round(result.final_loss, 4),
             }
+            if result.cuda_graphs:
+                row["cuda_graphs"] = result.cuda_graphs
             if callbacks and callbacks[0].summary:
                 row["profile"] = callbacks[0].summary
             if variant != variants[0]:
                 pairs_of_losses = zip(losses[variants[0]], result.losses, strict=False)
                 row["loss_reference"] = variants[0]
                 row["max_loss_difference"] = round(max(abs(a - b) for a, b in pairs_of_losses), 4)
-            results.append(row)
             print(json.dumps(row), flush=True)
+            results.append({**row, "losses": result.losses})  # per step, in --out only
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     header = ("method", "variant", "ex/s", "steady", "tok/s", "peak GiB", "loss", "Δloss")

@@ -29,6 +29,9 @@ METHODS = ("full", "lora", "qlora", "dpo")
 # `train.pad_to_multiple_of`, so that a run meets a few lengths instead of one per batch.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# Methods whose decoder `train.cuda_graphs` records: TRL's SFT, one forward a step. DPO's paired
+# forwards and QLoRA's 4-bit layers have not been measured with it.
+GRAPHED_METHODS = ("full", "lora")
 CHECKPOINT_INFO_FILE = "checkpoint.json"
 
 
@@ -76,6 +79,7 @@ class TrainSettings:
     compile: str = "auto"  # regional torch.compile of the decoder blocks: auto (CUDA only), on, off
     compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" adds CUDA graphs
     pad_to_multiple_of: int | None = None  # batch lengths rounded up: few shapes to graph
+    cuda_graphs: str = "off"  # the decoder replayed as CUDA graphs (safetydrift.cudagraphs)
     num_processes: int = 1
     distributed: str = "ddp"  # or "fsdp", when num_processes > 1
     lora: LoraSettings | None = None
@@ -114,9 +118,16 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         master_dtype=str(train.get("master_dtype", "float32")),
         padding_free=bool(train.get("padding_free", False)),
         gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
-        compile=compile_setting(method_params.get("compile", train.get("compile", "auto")), method),
+        compile=switch_setting(
+            method_params.get("compile", train.get("compile", "auto")), "compile", method
+        ),
         compile_mode=str(method_params.get("compile_mode", train.get("compile_mode", "default"))),
         pad_to_multiple_of=train.get("pad_to_multiple_of"),
+        cuda_graphs=switch_setting(
+            method_params.get("cuda_graphs", train.get("cuda_graphs", False)),
+            "cuda_graphs",
+            method,
+        ),
         num_processes=int(train.get("num_processes", 1)),
         distributed=str(train.get("distributed", "ddp")),
     )
@@ -171,6 +182,7 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         raise ParamError(
             f"params.yaml: `train.precision` must be auto, bf16 or fp32, got {settings.precision}"
         )
+    check_cuda_graphs(settings)
     if method in ("lora", "qlora"):
         settings.lora = LoraSettings.from_params(
             method_params.get("lora", {}), f"methods.{method}.lora"
@@ -182,14 +194,41 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
     return settings
 
 
-def compile_setting(value: Any, method: str) -> str:
-    """`train.compile` (or `methods.METHOD.compile`): auto, or a boolean."""
+def switch_setting(value: Any, key: str, method: str) -> str:
+    """`train.KEY` (or `methods.METHOD.KEY`): auto, or a boolean."""
     if value in ("auto", True, False):
         return {True: "on", False: "off"}.get(value, "auto")
     raise ParamError(
-        f"params.yaml: `train.compile` (or `methods.{method}.compile`) must be auto, true or "
+        f"params.yaml: `train.{key}` (or `methods.{method}.{key}`) must be auto, true or "
         f"false, got {value!r}"
     )
+
+
+def check_cuda_graphs(settings: TrainSettings) -> None:
+    """`cuda_graphs: true` where the recording cannot work is refused before any work."""
+    if settings.cuda_graphs != "on":
+        return
+    where = f"`train.cuda_graphs` (or `methods.{settings.method}.cuda_graphs`) is true, but"
+    if settings.method not in GRAPHED_METHODS:
+        raise ParamError(
+            f"params.yaml: {where} CUDA graphs are for {' and '.join(GRAPHED_METHODS)} only; "
+            f"set `methods.{settings.method}.cuda_graphs: false`"
+        )
+    conflicts = {
+        "`train.pad_to_multiple_of` is null (every batch length would be a new recording; "
+        "use e.g. 64)": settings.pad_to_multiple_of is None,
+        "`train.padding_free` is true (packed rows have no fixed shapes)": settings.padding_free,
+        "`train.gradient_checkpointing` is true": settings.gradient_checkpointing,
+        "`train.num_processes` > 1 (DDP's hooks run inside the backward)": (
+            settings.num_processes > 1
+        ),
+        f"`compile_mode` is {settings.compile_mode} (graphs of its own)": (
+            settings.compile != "off" and settings.compile_mode in CUDA_GRAPH_MODES
+        ),
+    }
+    reasons = [reason for reason, applies in conflicts.items() if applies]
+    if reasons:
+        raise ParamError(f"params.yaml: {where} {'; '.join(reasons)}")
 
 
 def distributed_launch(settings: TrainSettings, script_and_args: Sequence[str]) -> list[str] | None:
@@ -261,6 +300,28 @@ def use_compile(settings: TrainSettings) -> bool:
     if settings.compile == "auto":
         return cuda_available()
     return settings.compile == "on"
+
+
+def use_cuda_graphs(settings: TrainSettings) -> bool:
+    """`auto` records where it applies: a CUDA GPU, full or LoRA, one process, padded lengths."""
+    if settings.cuda_graphs == "off":
+        return False
+    if settings.cuda_graphs == "on":
+        if not cuda_available():
+            raise ParamError(
+                "params.yaml: `train.cuda_graphs` is true, but this machine has no CUDA GPU; "
+                "set it to auto or false"
+            )
+        return True
+    return (
+        cuda_available()
+        and settings.method in GRAPHED_METHODS
+        and settings.pad_to_multiple_of is not None
+        and not settings.padding_free
+        and not settings.gradient_checkpointing
+        and settings.num_processes == 1
+        and not (settings.compile != "off" and settings.compile_mode in CUDA_GRAPH_MODES)
+    )
 
 
 def compile_blocks(model, mode: str = "default") -> int:
@@ -450,6 +511,7 @@ def build_trainer(
     import datasets
 
     bf16 = use_bf16(settings)
+    graphed = use_cuda_graphs(settings)  # a refused setting fails before the model loads
     model = load_training_model(base_dir, settings, bf16)
     check_target_modules(model, settings)
     compiled = use_compile(settings)
@@ -501,6 +563,12 @@ def build_trainer(
         # block's does: two graphs to compile where full fine-tuning has one. Making the
         # embedding output require grad costs one block's input gradient per step.
         trainer.model.enable_input_require_grads()
+    if graphed:
+        from safetydrift.cudagraphs import GraphedBackbone, backbone_of
+
+        trainer.graphed_backbone = GraphedBackbone(
+            backbone_of(trainer.model), settings.per_device_batch_size
+        )
     return trainer
 
 
@@ -630,6 +698,9 @@ class TrainResult:
     losses: list[float]
     steady_examples_per_second: float | None = None  # after the first 10% of steps (compilation)
     setup_seconds: float | None = None  # loading the model and data, building the trainer
+    # With `train.cuda_graphs`: each recording's batch shape and seconds, and how many training
+    # forwards ran eager (batches of another size).
+    cuda_graphs: dict[str, Any] | None = None
 
 
 def steady_rate(step_times: Sequence[float], examples_per_step: int) -> float | None:
@@ -671,8 +742,13 @@ def train_cell(
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     setup_seconds = started - setup_started
-    with training_attention():
-        output = trainer.train()
+    graphs = getattr(trainer, "graphed_backbone", None)
+    try:
+        with training_attention():
+            output = trainer.train()
+    finally:
+        if graphs is not None:
+            graphs.restore()  # frees the recordings' memory pool with the trainer
     seconds = time.perf_counter() - started
     recorder.flush()
     if len(recorder.written) != len(steps):
@@ -694,5 +770,8 @@ def train_cell(
         losses=recorder.losses,
         steady_examples_per_second=steady_rate(recorder.step_times, settings.effective_batch_size),
         setup_seconds=setup_seconds,
+        cuda_graphs=None
+        if graphs is None
+        else {"recordings": graphs.captures, "eager_forwards": graphs.eager_calls},
     )
     return result

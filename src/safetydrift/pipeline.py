@@ -165,6 +165,7 @@ def train(params: dict[str, Any], method: str, learning_rate: float) -> dict[str
             "tokens_per_second": result.tokens_per_second,
             "peak_memory_bytes": result.peak_memory_bytes,
             "final_loss": result.final_loss,
+            "cuda_graphs": result.cuda_graphs,
             "checkpoints": result.checkpoints,
         }
         summary["stage_seconds"] = elapsed(started)
