@@ -199,8 +199,9 @@ def test_a_diverged_run_fails_instead_of_writing_checkpoints(
 
 def test_compile_setting_is_validated_and_a_method_may_override_it():
     assert train_settings(params_with(compile="auto"), "full", 1e-4).compile == "auto"
-    assert train_settings(params_with(compile=True), "full", 1e-4).compile == "on"
+    assert train_settings(params_with(compile=True), "dpo", 1e-4).compile == "on"
     params = params_with(compile=True)
+    assert train_settings(params, "full", 1e-4).compile == "auto"  # smoke's methods.full says
     params["methods"]["lora"]["compile"] = False
     assert train_settings(params, "lora", 1e-4).compile == "off"
     with pytest.raises(ParamError, match="`train.compile` .* must be auto, true or false"):

@@ -40,7 +40,7 @@ def enable_bytecode_cache() -> Path | None:
 
     Nothing changes where Python already writes bytecode, or with `SAFETYDRIFT_PYCACHE=off`. The
     folder is `SAFETYDRIFT_PYCACHE`, else `PYTHONPYCACHEPREFIX`, else
-    `~/.cache/safetydrift/pycache`. Children (the tracking helper, `accelerate launch`, DVC's
+    `~/.cache/safetydrift/pycache`. Children (the tracking service, `accelerate launch`, DVC's
     stages under `safetydrift grid`) inherit it through the environment. Python writes each
     `.pyc` atomically, so stages running side by side can share the folder.
     """
