@@ -205,7 +205,7 @@ def test_compile_setting_is_validated_and_a_method_may_override_it():
     params["methods"]["lora"]["compile"] = False
     assert train_settings(params, "lora", 1e-4).compile == "off"
     with pytest.raises(ParamError, match="`train.compile` .* must be auto, true or false"):
-        train_settings(params_with(compile="fast"), "full", 1e-4)
+        train_settings(params_with(compile="fast"), "dpo", 1e-4)
 
 
 def test_compile_mode_and_padding_multiple_are_validated():
