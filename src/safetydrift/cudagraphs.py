@@ -94,18 +94,22 @@ class GraphedBackbone:
         self.pool = None
         backbone.forward = self.forward
 
-    def forward(self, input_ids=None, attention_mask=None, **kwargs):
-        if not self.replayable(input_ids, attention_mask, kwargs):
+    def forward(self, *args, **kwargs):
+        if args or not self.replayable(kwargs):
             if self.backbone.training and torch.is_grad_enabled():
                 self.eager_calls += 1
-            return self.eager_forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            return self.eager_forward(*args, **kwargs)
+        input_ids, attention_mask = kwargs["input_ids"], kwargs["attention_mask"]
         mask = padded_causal_mask(attention_mask)
         graphed = self.graphs.get(tuple(input_ids.shape))
         if graphed is None:
             graphed = self.record(input_ids, mask)
         return BaseModelOutputWithPast(last_hidden_state=graphed(input_ids, mask))
 
-    def replayable(self, input_ids, attention_mask, kwargs: dict[str, Any]) -> bool:
+    def replayable(self, kwargs: dict[str, Any]) -> bool:
+        """Training, on a full batch of ids with a padding mask, and nothing else that counts."""
+        others = {k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")}
+        input_ids, attention_mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         return (
             self.backbone.training
             and torch.is_grad_enabled()
@@ -115,8 +119,9 @@ class GraphedBackbone:
             and attention_mask.dim() == 2
             and input_ids.shape[0] == self.batch_size
             and all(
-                name in NEUTRAL_ARGUMENTS and value in NEUTRAL_ARGUMENTS[name]
-                for name, value in kwargs.items()
+                name in NEUTRAL_ARGUMENTS
+                and any(value is allowed for allowed in NEUTRAL_ARGUMENTS[name])
+                for name, value in others.items()
             )
         )
 

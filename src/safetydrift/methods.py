@@ -204,17 +204,11 @@ def switch_setting(value: Any, key: str, method: str) -> str:
     )
 
 
-def check_cuda_graphs(settings: TrainSettings) -> None:
-    """`cuda_graphs: true` where the recording cannot work is refused before any work."""
-    if settings.cuda_graphs != "on":
-        return
-    where = f"`train.cuda_graphs` (or `methods.{settings.method}.cuda_graphs`) is true, but"
-    if settings.method not in GRAPHED_METHODS:
-        raise ParamError(
-            f"params.yaml: {where} CUDA graphs are for {' and '.join(GRAPHED_METHODS)} only; "
-            f"set `methods.{settings.method}.cuda_graphs: false`"
-        )
-    conflicts = {
+def cuda_graph_obstacles(settings: TrainSettings) -> list[str]:
+    """Why the decoder cannot be recorded as CUDA graphs with these settings (none: it can)."""
+    obstacles = {
+        f"CUDA graphs are for {' and '.join(GRAPHED_METHODS)} only (set "
+        f"`methods.{settings.method}.cuda_graphs: false`)": settings.method not in GRAPHED_METHODS,
         "`train.pad_to_multiple_of` is null (every batch length would be a new recording; "
         "use e.g. 64)": settings.pad_to_multiple_of is None,
         "`train.padding_free` is true (packed rows have no fixed shapes)": settings.padding_free,
@@ -226,9 +220,17 @@ def check_cuda_graphs(settings: TrainSettings) -> None:
             settings.compile != "off" and settings.compile_mode in CUDA_GRAPH_MODES
         ),
     }
-    reasons = [reason for reason, applies in conflicts.items() if applies]
-    if reasons:
-        raise ParamError(f"params.yaml: {where} {'; '.join(reasons)}")
+    return [reason for reason, applies in obstacles.items() if applies]
+
+
+def check_cuda_graphs(settings: TrainSettings) -> None:
+    """`cuda_graphs: true` where the recording cannot work is refused before any work."""
+    obstacles = cuda_graph_obstacles(settings) if settings.cuda_graphs == "on" else []
+    if obstacles:
+        raise ParamError(
+            f"params.yaml: `train.cuda_graphs` (or `methods.{settings.method}.cuda_graphs`) is "
+            f"true, but {'; '.join(obstacles)}"
+        )
 
 
 def distributed_launch(settings: TrainSettings, script_and_args: Sequence[str]) -> list[str] | None:
@@ -313,15 +315,7 @@ def use_cuda_graphs(settings: TrainSettings) -> bool:
                 "set it to auto or false"
             )
         return True
-    return (
-        cuda_available()
-        and settings.method in GRAPHED_METHODS
-        and settings.pad_to_multiple_of is not None
-        and not settings.padding_free
-        and not settings.gradient_checkpointing
-        and settings.num_processes == 1
-        and not (settings.compile != "off" and settings.compile_mode in CUDA_GRAPH_MODES)
-    )
+    return cuda_available() and not cuda_graph_obstacles(settings)
 
 
 def compile_blocks(model, mode: str = "default") -> int:

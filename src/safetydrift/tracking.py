@@ -294,6 +294,10 @@ def connect_to_service(timeout: float = 60.0):
 
 
 def start_service(socket_path: Path, log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):  # the service runs in its own directory: keep the stage's imports
+        entries = env["PYTHONPATH"].split(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(e).resolve()) for e in entries if e)
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "safetydrift.tracking", "--serve", str(socket_path)],
@@ -301,6 +305,7 @@ def start_service(socket_path: Path, log_path: Path) -> subprocess.Popen:
             stdout=log_file,
             stderr=log_file,
             cwd=socket_path.parent,
+            env=env,
             start_new_session=True,  # not killed with the stage, nor holding its output open
         )
 
