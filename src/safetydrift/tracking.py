@@ -329,11 +329,10 @@ def _experiment_id(client, message: dict[str, Any]) -> str:
 
 
 class RunWriter:
-    """Writes one stage's run from its messages, with MLflow clients shared by URI."""
+    """Writes one stage's run from its messages, with the service's MLflow clients by URI."""
 
-    clients: dict[str, Any] = {}
-
-    def __init__(self) -> None:
+    def __init__(self, clients: dict[str, Any]) -> None:
+        self.clients = clients  # opening a store (its schema check) is paid once per URI
         self.client = None
         self.run_id: str | None = None
 
@@ -396,6 +395,7 @@ class Service:
         self.idle_since = time.monotonic()
         self.mlflow_ready = threading.Event()
         self.import_error: str | None = None
+        self.clients: dict[str, Any] = {}  # MlflowClient by tracking URI, used under write_lock
 
     def import_mlflow(self) -> None:
         try:
@@ -437,7 +437,7 @@ class Service:
     def handle(self, connection) -> None:
         import json
 
-        writer = RunWriter()
+        writer = RunWriter(self.clients)
         error: str | None = None
         message: dict[str, Any] = {"op": None}
         try:
