@@ -1,8 +1,41 @@
 """DVC stage `prepare_mtpref`: MT-Pref into data/mtpref/{train,test}.jsonl and stats.json."""
 
-from safetydrift.cli import run_stage
-from safetydrift.params import load_params
-from safetydrift.pipeline import prepare_mtpref
+from pathlib import Path
+from typing import Any
+
+from safetydrift import tracking
+from safetydrift.data import Source, prepare_mtpref
+from safetydrift.params import get, load_params
+from safetydrift.stage import MTPREF_DIR, declared_params, run_stage, study_name
+
+PARAMS = ["data.mtpref"]
+
+
+def main(params: dict[str, Any], out_dir: Path = MTPREF_DIR) -> dict[str, Any]:
+    mtpref = get(params, "data.mtpref")
+    with tracking.stage_run(
+        study_name(params), "prepare_mtpref", declared_params(params, PARAMS)
+    ) as run:
+        stats = prepare_mtpref(
+            Source(str(mtpref["source"]), mtpref.get("revision")),
+            split=str(mtpref.get("split", "train")),
+            languages=list(mtpref["languages"]),
+            target_language=str(mtpref.get("target_language", "english")),
+            test_ratio=float(mtpref["test_ratio"]),
+            seed=int(mtpref["seed"]),
+            out_dir=out_dir,
+        )
+        counts = ("rows_read", "rows_kept", "rows_dropped", "train_rows", "test_rows")
+        run.log_metrics({k: stats[k] for k in counts})
+        run.set_tags(
+            {
+                "data.sha256": stats.get("sha256"),
+                "data.revision": stats.get("resolved_revision") or stats.get("revision"),
+            }
+        )
+        run.log_artifact(out_dir / "stats.json")
+    return stats
+
 
 if __name__ == "__main__":
-    run_stage(lambda: prepare_mtpref(load_params()))
+    run_stage(lambda: main(load_params()))

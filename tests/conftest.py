@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -46,8 +47,10 @@ def prepared_mtpref(tmp_path_factory) -> Path:
 
 def copy_project(destination: Path) -> Path:
     """A fresh git + DVC checkout of this project's pipeline files, for `dvc repro` tests."""
-    for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
+    for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, destination / name)
+    # The committed default, whatever preset the working tree's params.yaml holds now.
+    shutil.copy(ROOT / "presets" / "paper.yaml", destination / "params.yaml")
     for name in ("stages", "presets", "scripts", "src", "tests/fixtures"):
         shutil.copytree(
             ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__")
@@ -69,3 +72,11 @@ def stage_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def load_stage(name: str):
+    """A DVC stage script of stages/ as a module, to call its `main` in the test's process."""
+    spec = importlib.util.spec_from_file_location(f"stages.{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

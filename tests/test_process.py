@@ -1,4 +1,4 @@
-"""A stage process's start and end (`safetydrift.process`, `cli.run_stage`), in real processes."""
+"""A stage process's start and end (`safetydrift.process`, `stage.run_stage`), in real processes."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def test_a_finished_stage_exits_0_with_its_output_flushed_and_exit_handlers_run(
         """
         import atexit, logging
         from pathlib import Path
-        from safetydrift.cli import run_stage
+        from safetydrift.stage import run_stage
 
         def stage():
             atexit.register(lambda: Path("exit-handler-ran").touch())
@@ -125,7 +125,7 @@ def test_a_finished_stage_exits_0_with_its_output_flushed_and_exit_handlers_run(
 def test_a_stage_with_bad_input_exits_1_with_one_line(tmp_path: Path) -> None:
     done = run_python(
         """
-        from safetydrift.cli import run_stage
+        from safetydrift.stage import run_stage
 
         def stage():
             raise ValueError("params.yaml: `train.learning_rate` must be > 0, got -1")

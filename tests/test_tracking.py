@@ -8,9 +8,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, load_stage
 
-from safetydrift import pipeline, tracking
+from safetydrift import tracking
 
 PARAMS = {
     "study": {"name": "tracking-test"},
@@ -68,7 +68,7 @@ def test_a_stage_run_reads_back_from_a_real_server(mlflow_server, tmp_path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_that_must_not_be_logged")
     monkeypatch.chdir(tmp_path)
-    pipeline.prepare_advbench(PARAMS)
+    load_stage("prepare_advbench").main(PARAMS)
 
     from mlflow.tracking import MlflowClient
 
@@ -88,7 +88,7 @@ def test_a_failing_stage_is_recorded_as_failed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = {**PARAMS, "data": {"advbench": {"source": str(tmp_path / "missing.csv")}}}
     with pytest.raises(ValueError, match="missing.csv: no such file"):
-        pipeline.prepare_advbench(bad)
+        load_stage("prepare_advbench").main(bad)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking.tracking_uri())

@@ -1,54 +1,15 @@
-"""The `safetydrift` command: presets, rescoring without a model, and the stage entry point."""
+"""The `safetydrift` command: presets, rescoring without a model, reports, the grid."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-# Errors that come from the user's input (params, data, model paths): shown as one clear line
-# instead of a traceback. Anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    FileNotFoundError,
-    RuntimeError,
-    FloatingPointError,
-)
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("alembic", "urllib3", "httpx", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def run_command(function: Callable[..., Any], *args: Any) -> None:
-    """Run `function`; a bad-input error exits 1 with its message and no traceback."""
-    configure_logging()
-    try:
-        function(*args)
-    except USER_ERRORS as error:
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-
-
-def run_stage(function: Callable[..., Any], *args: Any) -> None:
-    """A DVC stage's process: run its function, then end the process (exit status 0).
-
-    Bytecode is cached where the environment forbids writing it, and a finished stage skips the
-    interpreter's teardown (`safetydrift.process`). A failed stage exits as `run_command` does.
-    """
-    from safetydrift.process import enable_bytecode_cache, exit_now
-
-    enable_bytecode_cache()
-    run_command(function, *args)
-    exit_now(0)
+from safetydrift.stage import run_user_command
 
 
 def _preset(args: argparse.Namespace) -> None:
@@ -88,12 +49,11 @@ def _chrf(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from safetydrift.params import load_params
-    from safetydrift.pipeline import report
-
-    result = report(load_params(args.params))
-    if result.missing_cells:
-        print(f"missing cells: {', '.join(result.missing_cells)}", file=sys.stderr)
+    # The DVC stage's own script, so that the command and `dvc repro` write the same report.
+    script = Path("stages/report.py")
+    if not script.exists():
+        raise FileNotFoundError(f"{script}: no such file; run `safetydrift report` in the project")
+    sys.exit(subprocess.call([sys.executable, str(script)]))
 
 
 def _repro(args: argparse.Namespace) -> None:
@@ -105,9 +65,11 @@ def _repro(args: argparse.Namespace) -> None:
 
 def _grid(args: argparse.Namespace) -> None:
     from safetydrift.grid import run_grid, write_summary
+    from safetydrift.params import get, load_params
     from safetydrift.timing import markdown_table
 
-    run = run_grid(Path.cwd(), args.cells, jobs=args.jobs, timings_dir=args.timings)
+    jobs = args.jobs if args.jobs is not None else int(get(load_params(), "runtime.jobs", 1))
+    run = run_grid(Path.cwd(), args.cells, jobs=jobs, timings_dir=args.timings)
     summary = write_summary(run, args.summary)
     print(markdown_table(summary))
     print(
@@ -163,7 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     chrf.set_defaults(handler=_chrf)
 
     report = commands.add_parser("report", help="write reports/ from whatever metrics exist now")
-    report.add_argument("--params", default="params.yaml")
     report.set_defaults(handler=_report)
 
     repro = commands.add_parser(
@@ -178,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grid.add_argument("cells", nargs="*", help="cells such as lora-5e-05 (default: all)")
     grid.add_argument(
-        "--jobs", type=int, default=1, help="cells run side by side on the same machine"
+        "--jobs",
+        type=int,
+        default=None,
+        help="cells run side by side on the same machine (default: params' `runtime.jobs`)",
     )
     grid.add_argument("--timings", type=Path, default=Path("reports/timings"))
     grid.add_argument("--summary", type=Path, default=Path("reports/grid-timings.json"))
@@ -199,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # `grid` and `repro` start DVC and the stages: they share the cache too.
     enable_bytecode_cache()
     args = build_parser().parse_args(argv)
-    run_command(args.handler, args)
+    run_user_command(args.handler, args)
 
 
 if __name__ == "__main__":

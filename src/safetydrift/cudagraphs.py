@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 NEUTRAL_ARGUMENTS = {
     "use_cache": (None, False),
     "past_key_values": (None,),
+    "cache": (None,),  # transformers 5.24's name for past_key_values
     "inputs_embeds": (None,),
     "position_ids": (None,),
     "cache_position": (None,),

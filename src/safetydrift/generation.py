@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetydrift.compat import fast_path_verified
 from safetydrift.models import ModelError, checkpoint_kind, load_tokenizer
 from safetydrift.params import ParamError
 
@@ -225,6 +226,8 @@ class ModelHolder:
 class HFEngine:
     """transformers' `generate`, greedy, in length-sorted batches with left padding."""
 
+    name = "hf"
+
     def __init__(self, tokenizer, settings: GenerationSettings) -> None:
         self.tokenizer = tokenizer
         self.settings = settings
@@ -290,6 +293,8 @@ def eos_token_ids(tokenizer, model) -> list[int]:
 class StaticEngine:
     """Our static-cache decode loop (CUDA graphs on a GPU), reused across checkpoints."""
 
+    name = "static"
+
     def __init__(self, tokenizer, settings: GenerationSettings) -> None:
         self.tokenizer = tokenizer
         self.settings = settings
@@ -315,7 +320,9 @@ def build_engine(tokenizer, settings: GenerationSettings):
     if settings.backend == "hf":
         return HFEngine(tokenizer, settings)
     if settings.backend == "static":
-        return StaticEngine(tokenizer, settings)
+        if fast_path_verified("static-decoding"):
+            return StaticEngine(tokenizer, settings)
+        return HFEngine(tokenizer, settings)
     raise ParamError(
         "params.yaml: `generation.backend: vllm` is handled by generate_for_checkpoints' vLLM path"
     )
@@ -342,6 +349,7 @@ class CheckpointGenerations:
     rows: list[dict[str, Any]]
     seconds: float  # generating (for the first checkpoint, graph capture included)
     load_seconds: float  # loading its weights; for the first, the tokenizer and base model too
+    engine: str  # the engine that ran: `static` falls back to `hf` on unverified libraries
 
 
 def import_libraries(adapters: bool) -> None:
@@ -392,7 +400,7 @@ def generate_for_checkpoints(
                 ids, conversations, responses, outputs, strict=True
             )
         ]
-        yield CheckpointGenerations(checkpoint, rows, seconds, load_seconds)
+        yield CheckpointGenerations(checkpoint, rows, seconds, load_seconds, engine.name)
         loading = time.perf_counter()
 
 
@@ -431,5 +439,5 @@ def _generate_vllm(base_dir, checkpoints, conversations, ids, settings):
             for row_id, conversation, out in zip(ids, conversations, outputs, strict=True)
         ]
         yield CheckpointGenerations(
-            checkpoint, rows, time.perf_counter() - started, started - loading
+            checkpoint, rows, time.perf_counter() - started, started - loading, "vllm"
         )

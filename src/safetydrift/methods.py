@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import Cell, checkpoint_label
+from safetydrift.compat import fast_path_verified
 from safetydrift.data import TranslationPair
 from safetydrift.io import write_json
 from safetydrift.params import ParamError, get, positive_float
@@ -305,8 +306,11 @@ def use_compile(settings: TrainSettings) -> bool:
 
 
 def use_cuda_graphs(settings: TrainSettings) -> bool:
-    """`auto` records where it applies: a CUDA GPU, full or LoRA, one process, padded lengths."""
+    """`auto` records where it applies: a CUDA GPU, full or LoRA, one process, padded lengths,
+    and library versions the recording was verified with (`safetydrift.compat`)."""
     if settings.cuda_graphs == "off":
+        return False
+    if not fast_path_verified("cudagraphs"):
         return False
     if settings.cuda_graphs == "on":
         if not cuda_available():
@@ -405,7 +409,7 @@ def load_training_model(base_dir: Path, settings: TrainSettings, bf16: bool):
     kwargs: dict[str, Any] = {}
     if settings.method == "qlora":
         if not cuda_available():
-            raise RuntimeError(
+            raise ParamError(
                 "qlora needs a CUDA GPU: bitsandbytes' 4-bit NF4 layers do not train on this "
                 "machine's CPU. Leave `qlora` out of `grid.methods` here, or run on a GPU."
             )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetydrift.compat import fast_path_verified
 from safetydrift.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def _array_backed(reader_class):
 
 def load_source(spec: ModelSpec):
     """(model, tokenizer, provenance) from the source, before anything is written."""
-    if spec.kind == "gguf":
+    if spec.kind == "gguf" and fast_path_verified("gguf-reader"):
         with gguf_parsed_once():
             return _load_source(spec)
     return _load_source(spec)

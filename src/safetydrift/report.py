@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label, grid_cells
 from safetydrift.io import atomic_path, read_json, write_csv, write_json
+from safetydrift.lockfile import lock_provenance
 from safetydrift.params import flatten, get
 
 DEFAULT_FIXED_LR = 5e-5
@@ -908,6 +909,16 @@ def _provenance_section(provenance: Mapping[str, Any]) -> list[str]:
         lines.append(f"- Git revision: `{revision}` ({state})")
     else:
         lines.append("- Git revision: none (not a git repository, or no commit yet)")
+    locks = provenance.get("lock_files") or {}
+    for path, digest in (locks.get("files") or {}).items():
+        lines.append(f"- Lock file `{path}`: sha256 `{digest}`")
+    if locks:
+        matches = locks.get("environment_matches")
+        lines.append(
+            f"- Installed packages: exactly `{matches}`"
+            if matches
+            else "- Installed packages: match no lock file (see the versions below)"
+        )
     hardware = provenance.get("hardware") or {}
     if hardware:
         lines.append(
@@ -940,7 +951,7 @@ def _provenance_section(provenance: Mapping[str, Any]) -> list[str]:
         dumped = yaml.safe_dump(params, sort_keys=False, allow_unicode=True).rstrip()
         lines += ["", "Parameters:", "", "```yaml", dumped, "```"]
     for key, value in provenance.items():
-        if key not in {"git", "hardware", "seeds", "packages", "dvc_lock", "params"}:
+        if key not in {"git", "lock_files", "hardware", "seeds", "packages", "dvc_lock", "params"}:
             lines.append(f"- {key}: {_value(value)}")
     return lines + [""]
 
@@ -1113,6 +1124,7 @@ def collect_provenance(repo_root: Path, params: dict[str, Any]) -> dict[str, Any
     status = _git(repo_root, "status", "--porcelain", "--untracked-files=no") if revision else None
     return {
         "git": {"revision": revision, "dirty": None if status is None else bool(status)},
+        "lock_files": lock_provenance(repo_root),
         "dvc_lock": _dvc_lock_hashes(repo_root / "dvc.lock"),
         "packages": _package_versions(),
         "hardware": _hardware(),
