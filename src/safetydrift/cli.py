@@ -22,6 +22,16 @@ def _preset(args: argparse.Namespace) -> None:
     print(f"{target} is now the `{args.name}` preset")
 
 
+def _response_class_settings(params_path: str | None) -> Any:
+    from safetydrift.response_classes import PARAMS_KEY, ResponseClassSettings
+
+    if params_path is None:
+        return ResponseClassSettings()
+    from safetydrift.params import get, load_params
+
+    return ResponseClassSettings.from_params(get(load_params(params_path), PARAMS_KEY, None))
+
+
 def _judge(args: argparse.Namespace) -> None:
     from safetydrift.rescore import judge_file
 
@@ -31,8 +41,26 @@ def _judge(args: argparse.Namespace) -> None:
         prompt_column=args.prompt_column,
         response_column=args.response_column,
         output=args.output,
+        finish_column=args.finish_column,
+        response_class_settings=_response_class_settings(args.params),
     )
     print(json.dumps(summary))
+
+
+def _review_export(args: argparse.Namespace) -> None:
+    from safetydrift.review import classify_generations, export_review_sample, read_generations
+
+    rows = classify_generations(
+        read_generations(args.generations), _response_class_settings(args.params)
+    )
+    sample = export_review_sample(rows, args.per_stratum, args.seed, args.output)
+    print(json.dumps({"rows": len(rows), "sampled": len(sample), "output": str(args.output)}))
+
+
+def _review_import(args: argparse.Namespace) -> None:
+    from safetydrift.review import import_review_labels
+
+    print(json.dumps(import_review_labels(args.file, args.output)))
 
 
 def _chrf(args: argparse.Namespace) -> None:
@@ -94,6 +122,7 @@ def _timings(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from safetydrift.judges import judge_names
+    from safetydrift.response_classes import RESPONSE_CLASS_JUDGE
 
     parser = argparse.ArgumentParser(prog="safetydrift", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,13 +137,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--judge",
         action="append",
         required=True,
-        choices=judge_names(),
+        choices=[*judge_names(), RESPONSE_CLASS_JUDGE],
         help="judge name; repeat for several",
     )
-    judge.add_argument("--prompt-column", default="prompt")
+    judge.add_argument(
+        "--prompt-column", default="prompt", help="the requests (response-class needs them)"
+    )
     judge.add_argument("--response-column", default="response")
+    judge.add_argument(
+        "--finish-column", help="finish reasons (`length` = cut at the token limit), optional"
+    )
+    judge.add_argument(
+        "--params", help="read response-class thresholds (refusal.response_class) from this file"
+    )
     judge.add_argument("--output", help="write per-row verdicts here (.jsonl or .csv)")
     judge.set_defaults(handler=_judge)
+
+    review = commands.add_parser(
+        "review", help="human review of responses: export a sample, import the labels"
+    )
+    review_commands = review.add_subparsers(dest="review_command", required=True)
+    export = review_commands.add_parser(
+        "export", help="a stratified sample of generations per (cell, response class) as CSV"
+    )
+    export.add_argument(
+        "--generations",
+        nargs="+",
+        required=True,
+        type=Path,
+        help="generation .jsonl files, or folders searched for them (cell = folder name)",
+    )
+    export.add_argument("--per-stratum", type=int, required=True)
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--params", help="read response-class thresholds from this file")
+    export.add_argument("--output", type=Path, required=True, help="the review CSV to write")
+    export.set_defaults(handler=_review_export)
+    labels = review_commands.add_parser(
+        "import", help="check a filled-in review CSV's labels and write them as JSON Lines"
+    )
+    labels.add_argument("file", type=Path, help="the review CSV with its human_label column")
+    labels.add_argument("--output", type=Path, required=True, help="the labels .jsonl to write")
+    labels.set_defaults(handler=_review_import)
 
     chrf = commands.add_parser("chrf", help="corpus chrF of saved translations (no model)")
     chrf.add_argument("file", help="a .jsonl or .csv file with hypotheses and references")
