@@ -547,10 +547,15 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.2g}"
 
 
+def chrf_points(value: float) -> str:
+    """`1 chrF point`, `0.5 chrF points`."""
+    return f"{value:g} chrF point" + ("" if value == 1 else "s")
+
+
 def _margin_text(comparison: Comparison) -> str:
     if comparison.measurement == REFUSAL:
         return f"{100 * comparison.margin:g} points"
-    return f"{comparison.margin:g} chrF points"
+    return chrf_points(comparison.margin)
 
 
 def _size_text(comparison: Comparison) -> tuple[str, str]:
