@@ -275,6 +275,14 @@ def test_identical_systems_differ_by_nothing():
     assert equivalence.p_value == pytest.approx(1 / 101)
 
 
+def test_paired_bootstrap_rejects_bad_input():
+    references, worse, better = _translations()
+    with pytest.raises(ValueError, match=r"hyp_b\[2\] is NoneType, not text"):
+        paired_bootstrap_chrf(worse, better[:2] + [None] + better[3:], references)
+    with pytest.raises(ValueError, match="33 hypotheses but 32 references"):
+        paired_bootstrap_chrf(worse, better, references[:-1])
+
+
 def test_chrf_tost_not_equivalent_when_far_apart():
     references, worse, better = _translations()
     result = paired_bootstrap_chrf(worse, better, references, n_resamples=200, seed=0)
