@@ -120,6 +120,25 @@ def _timings(args: argparse.Namespace) -> None:
         write_json(args.output, combined)
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from safetydrift.compare import Settings, compare_paths, format_table
+
+    settings = Settings(
+        margin=args.margin,
+        chrf_margin=args.chrf_margin,
+        alpha=args.alpha,
+        confidence=args.confidence,
+        n_resamples=args.bootstrap_resamples,
+        seed=args.seed,
+    )
+    report = compare_paths(args.a, args.b, settings, judges=args.judge)
+    print(format_table(report))
+    if args.json:
+        from safetydrift.io import write_json
+
+        write_json(args.json, report.to_dict())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from safetydrift.judges import judge_names
     from safetydrift.response_classes import RESPONSE_CLASS_JUDGE
@@ -217,6 +236,29 @@ def build_parser() -> argparse.ArgumentParser:
     timings.add_argument("files", nargs="+", type=Path, help="timings JSON files")
     timings.add_argument("--output", type=Path, help="also write the combined record here")
     timings.set_defaults(handler=_timings)
+
+    compare = commands.add_parser(
+        "compare",
+        help="paired tests of results B against A (folders or git revisions): McNemar, "
+        "paired bootstrap, Holm, equivalence",
+    )
+    compare.add_argument("a", help="results folder (metrics/, evals/, ...) or git revision")
+    compare.add_argument("b", help="results folder or git revision, compared against A")
+    compare.add_argument(
+        "--margin", type=float, default=0.05, help="refusal equivalence margin (0.05: 5 points)"
+    )
+    compare.add_argument(
+        "--chrf-margin", type=float, default=1.0, help="chrF equivalence margin in chrF points"
+    )
+    compare.add_argument("--alpha", type=float, default=0.05, help="level of every test")
+    compare.add_argument("--confidence", type=float, default=0.95, help="level of the intervals")
+    compare.add_argument(
+        "--judge", action="append", help="only this judge's verdicts; repeat for several"
+    )
+    compare.add_argument("--bootstrap-resamples", type=int, default=1000)
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--json", type=Path, help="also write every comparison here")
+    compare.set_defaults(handler=_compare)
     return parser
 
 
