@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, stage_env
+from conftest import SHARED_DATA, load_stage, stage_env
 
-from safetydrift import pipeline
 from safetydrift.cli import main
 from safetydrift.compare import (
     Settings,
@@ -106,8 +105,8 @@ def _evaluate(root: Path, cells: dict, skip_ids: tuple = ()) -> Path:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
         for cell, checkpoints in cells.items():
             _write_generations(Path("."), cell, checkpoints, skip_ids)
-            pipeline.eval_refusal(PARAMS, cell)
-            pipeline.eval_chrf(PARAMS, cell)
+            load_stage("eval_refusal").main(PARAMS, cell)
+            load_stage("eval_chrf").main(PARAMS, cell)
     (root / "mlruns.db").unlink()
     return root
 
