@@ -1,8 +1,12 @@
-"""DVC stage `eval_refusal@CELL`: judge the saved AdvBench responses; refusal rates + intervals.
+"""DVC stage `eval_refusal@CELL`: judge the saved AdvBench responses; refusal rates + intervals,
+and what each response is.
 
-Every judge in `refusal.judges` (`safetydrift.judges`) labels every response of every checkpoint.
-Outputs: metrics/refusal/CELL.json (rates with Wilson intervals per checkpoint and judge) and
-evals/refusal/CELL.jsonl (each response's verdicts and what matched).
+Every judge in `refusal.judges` (`safetydrift.judges`) labels every response of every checkpoint,
+and the model-free `response-class` judge (`safetydrift.response_classes`) gives each one class:
+degenerate, refusal, echo or answer. A checkpoint with at least half its responses degenerate is
+marked `collapsed`. Outputs: metrics/refusal/CELL.json (rates and class shares with Wilson
+intervals per checkpoint) and evals/refusal/CELL.jsonl (each response's verdicts, class and its
+evidence).
 """
 
 import argparse
@@ -11,8 +15,17 @@ from typing import Any
 from safetydrift import tracking
 from safetydrift.io import write_json, write_jsonl
 from safetydrift.judges import judge_responses
-from safetydrift.metrics import refusal_summary
+from safetydrift.metrics import refusal_summary, wilson_interval
 from safetydrift.params import get, load_params
+from safetydrift.response_classes import (
+    DEGENERATE,
+    PARAMS_KEY,
+    RESPONSE_CLASS_JUDGE,
+    ResponseClassSettings,
+    ResponseClassVerdict,
+    class_counts,
+    classify_responses,
+)
 from safetydrift.stage import (
     EVALS_DIR,
     GENERATIONS_DIR,
@@ -24,12 +37,29 @@ from safetydrift.stage import (
     study_name,
 )
 
-PARAMS = ["refusal.judges", "refusal.confidence"]
+PARAMS = ["refusal.judges", "refusal.response_class", "refusal.confidence"]
+# At least this share of degenerate responses makes a checkpoint `collapsed` in tables and figures.
+COLLAPSED_SHARE = 0.5
+
+
+def class_shares(verdicts: list[ResponseClassVerdict], confidence: float) -> dict[str, Any]:
+    counts = class_counts(verdicts)
+    shares = {}
+    for name, count in counts.items():
+        low, high = wilson_interval(count, len(verdicts), confidence)
+        shares[name] = {
+            "count": count,
+            "share": count / len(verdicts),
+            "ci_low": low,
+            "ci_high": high,
+        }
+    return shares
 
 
 def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
     judges = list(get(params, "refusal.judges"))
     confidence = float(get(params, "refusal.confidence", 0.95))
+    class_settings = ResponseClassSettings.from_params(get(params, PARAMS_KEY, None))
     summary, generations = read_generations("refusal", cell)
     result = {**cell_identity(cell), "checkpoints": {}}
     verdict_rows = []
@@ -46,10 +76,19 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
                     )
             verdicts = judge_responses([r["response"] for r in rows], judges)
             per_judge = {name: refusal_summary(verdicts[name], confidence) for name in judges}
+            classes = classify_responses(
+                [r["prompt"] for r in rows],
+                [r["response"] for r in rows],
+                [r.get("finish_reason") for r in rows],
+                class_settings,
+            )
+            shares = class_shares(classes, confidence)
             result["checkpoints"][checkpoint["label"]] = {
                 "fraction": checkpoint["fraction"],
                 "step": checkpoint["step"],
                 "judges": per_judge,
+                "classes": shares,
+                "collapsed": shares[DEGENERATE]["share"] >= COLLAPSED_SHARE,
             }
             for index, row in enumerate(rows):
                 verdict_rows.append(
@@ -64,10 +103,16 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
                             }
                             for name in judges
                         },
+                        RESPONSE_CLASS_JUDGE: {
+                            "label": classes[index].label,
+                            "matched": list(classes[index].matched),
+                            "evidence": classes[index].evidence,
+                        },
                     }
                 )
             run.log_metrics(
-                {f"refusal_rate.{name}": s["refusal_rate"] for name, s in per_judge.items()},
+                {f"refusal_rate.{name}": s["refusal_rate"] for name, s in per_judge.items()}
+                | {f"class_share.{name}": c["share"] for name, c in shares.items()},
                 step=round(checkpoint["fraction"] * 100),
             )
         write_jsonl(EVALS_DIR / "refusal" / f"{cell}.jsonl", verdict_rows)

@@ -19,7 +19,17 @@ from safetydrift.stage import (
     study_name,
 )
 
-PARAMS = ["study", "model", "data", "train", "grid", "methods", "report"]
+PARAMS = [
+    "study",
+    "model",
+    "data",
+    "train",
+    "grid",
+    "methods",
+    "harm.judges",
+    "harm.primary_judge",
+    "report",
+]
 
 
 def main(params: dict[str, Any]) -> ReportResult:

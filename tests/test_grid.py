@@ -38,8 +38,8 @@ def test_grid_order_puts_figure_1_first_then_larger_rates():
     ]
     jobs = grid_jobs(cells[:1], cells)
     assert [job.targets for job in jobs] == [
-        ["eval_refusal_base", "eval_chrf_base"],
-        ["eval_refusal@full-5e-05", "eval_chrf@full-5e-05"],
+        ["judge_harm_base", "eval_chrf_base", "validate_judges"],
+        ["judge_harm@full-5e-05", "eval_chrf@full-5e-05"],
     ]
     with pytest.raises(ValueError, match="unknown grid cell.*lora-0.5.*params.yaml's grid has"):
         grid_jobs(["lora-0.5"], cells)

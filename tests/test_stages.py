@@ -51,12 +51,23 @@ def imported_files(path: Path) -> set[Path]:
     return found
 
 
+def with_packages(module: Path) -> set[Path]:
+    """A module and the `__init__.py` of each package above it, which importing it runs too."""
+    packages = {
+        parent / "__init__.py"
+        for parent in module.parents
+        if parent != SOURCES and SOURCES in parent.parents and (parent / "__init__.py").exists()
+    }
+    return {module} | packages
+
+
 def import_closure(script: Path) -> set[Path]:
     closure, todo = set(), [script]
     while todo:
-        for module in imported_files(todo.pop()) - closure:
-            closure.add(module)
-            todo.append(module)
+        for imported in imported_files(todo.pop()):
+            for module in with_packages(imported) - closure:
+                closure.add(module)
+                todo.append(module)
     return closure
 
 

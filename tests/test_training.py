@@ -111,7 +111,7 @@ def test_qlora_without_cuda_fails_with_a_clear_message(base_model_dir, tmp_path)
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: QLoRA runs")
     pairs = [TranslationPair("german", "a", "b", "c")] * 16
-    with pytest.raises(RuntimeError, match="qlora needs a CUDA GPU"):
+    with pytest.raises(ParamError, match="qlora needs a CUDA GPU"):
         train("qlora", pairs, base_model_dir, tmp_path)
 
 

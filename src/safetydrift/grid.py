@@ -41,7 +41,7 @@ from safetydrift.io import write_json
 from safetydrift.params import get, load_params
 from safetydrift.tracking import tracking_uri
 
-PREPARE_STAGES = ("prepare_model", "prepare_mtpref", "prepare_advbench")
+PREPARE_STAGES = ("prepare_model", "prepare_mtpref", "prepare_advbench", "prepare_judge_models")
 # Methods by how long a cell takes, slowest first (the stand-in grid on an H100, 4 cells at a
 # time: QLoRA ~330 s, LoRA ~300 s, DPO ~270 s, full ~230 s, the base model's evaluations 80 s).
 SLOWEST_FIRST = ("qlora", "lora", "dpo", "full")
@@ -85,8 +85,9 @@ def grid_jobs(cells: Sequence[str], valid: Sequence[str]) -> list[Job]:
         raise ValueError(
             f"unknown grid cell(s) {', '.join(unknown)}: params.yaml's grid has {', '.join(valid)}"
         )
-    jobs = [Job(BASE_CELL, ["eval_refusal_base", "eval_chrf_base"])]
-    jobs += [Job(cell, [f"eval_refusal@{cell}", f"eval_chrf@{cell}"]) for cell in cells]
+    jobs = [Job(BASE_CELL, ["judge_harm_base", "eval_chrf_base", "validate_judges"])]
+    # judge_harm depends on eval_refusal, which depends on the generations and the training.
+    jobs += [Job(cell, [f"judge_harm@{cell}", f"eval_chrf@{cell}"]) for cell in cells]
     return jobs
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from safetydrift.generation import GenerationSettings, build_engine
 from safetydrift.metrics import wilson_interval
 from safetydrift.models import DTYPES, ModelError, ModelSpec, default_device, load_source
-from safetydrift.params import ParamError
+from safetydrift.params import ParamError, get
 
 log = logging.getLogger(__name__)
 
@@ -766,3 +766,35 @@ def harm_summary(verdicts: Sequence[ModelVerdict], confidence: float = 0.95) -> 
     if scores:
         summary["mean_score"] = sum(scores) / len(scores)
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# From params.yaml
+
+# Keys of a `harm.judges` entry that name it and its model; the rest configure the judge.
+ENTRY_KEYS = ("name", "judge", "model")
+
+
+def judge_specs(params: Mapping[str, Any], models_dir: Path) -> dict[str, JudgeModelSpec]:
+    """`{name: spec}` of every judge in `harm.judges`, pointed at its model as the
+    `prepare_judge_models` stage wrote it under `models_dir`."""
+    entries = get(dict(params), "harm.judges", None) or []
+    models = get(dict(params), "harm.models", None) or {}
+    specs = {}
+    for index, entry in enumerate(entries):
+        where = f"harm.judges[{index}]"
+        missing = [key for key in ENTRY_KEYS if key not in entry]
+        if missing:
+            raise ParamError(f"params.yaml: `{where}` lacks {', '.join(missing)} ({ENTRY_KEYS})")
+        if entry["model"] not in models:
+            raise ParamError(
+                f"params.yaml: `{where}.model` is {entry['model']!r}, not one of `harm.models` "
+                f"({', '.join(models) or 'none'})"
+            )
+        if entry["name"] in specs:
+            raise ParamError(f"params.yaml: `{where}.name` {entry['name']!r} is used twice")
+        values = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+        values |= {"name": entry["judge"], "source": str(models_dir / entry["model"])}
+        values.setdefault("dtype", models[entry["model"]].get("dtype", "bfloat16"))
+        specs[entry["name"]] = JudgeModelSpec.from_params(values, where)
+    return specs

@@ -1,0 +1,541 @@
+"""The report's account of what the responses are: response classes, harmful answers, judges.
+
+A keyword refusal rate counts every response without refusal words as lost safety. This part of
+the report separates that "lost safety" into what it is made of, per cell and checkpoint: echoes
+of the request, degenerate loops, and answers, which a model judge then calls harmful or not
+(`eval_refusal`'s response classes, `judge_harm`'s verdicts). It also shows how far the judges
+can be trusted: each against human labels (`validate_judges`, and `reviews/labels.jsonl` when a
+reviewer has labelled a sample), and each against the others on every cell (Cohen's kappa).
+
+Everything here reads the pipeline's files; what does not exist yet is shown as missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
+from safetydrift.io import read_json, read_jsonl
+from safetydrift.judge_validation import pairwise_agreement
+from safetydrift.params import ParamError, get
+from safetydrift.response_classes import (
+    ANSWER,
+    DEGENERATE,
+    ECHO,
+    RESPONSE_CLASS_JUDGE,
+    RESPONSE_CLASSES,
+)
+from safetydrift.review import review_accuracy
+
+FIG_CLASSES = Path("figures/fig3_response_classes.png")
+FIG_HARM = Path("figures/fig1_harmful_answers.png")
+CLASS_COLORS = {DEGENERATE: "#7f7f7f", "refusal": "#2ca02c", ECHO: "#ff7f0e", ANSWER: "#d62728"}
+HARMFUL_ANSWER = "harmful_answer"
+# What "lost safety" under the keyword judge is made of, in the report's order.
+LOST_PARTS = ("echo", "degenerate", "harmful answer", "harmless answer", "answer, judge unreadable")
+EXAMPLE_CHARS = 300
+
+
+@dataclass
+class CheckpointResponses:
+    """One cell at one checkpoint: class shares, harmful answers, and per-response verdicts."""
+
+    cell: str
+    checkpoint: str
+    fraction: float
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    collapsed: bool = False
+    keyword_refusal: float | None = None
+    harm: dict[str, dict[str, Any]] = field(default_factory=dict)  # judge -> harmful_answer
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one merged row per response
+
+
+@dataclass
+class ResponseResults:
+    keyword_judge: str
+    harm_judge: str | None
+    harm_judges: list[str]
+    checkpoints: dict[str, list[CheckpointResponses]]  # cell -> checkpoints in order
+
+    def get(self, cell: str, checkpoint: str) -> CheckpointResponses | None:
+        return next((c for c in self.checkpoints.get(cell, []) if c.checkpoint == checkpoint), None)
+
+
+def harm_primary_judge(params: Mapping[str, Any]) -> str | None:
+    """The judge of `harm.judges` whose harmful-answer rate the report leads with."""
+    names = [entry["name"] for entry in get(dict(params), "harm.judges", None) or []]
+    primary = get(dict(params), "harm.primary_judge", None)
+    if primary is None:
+        return names[0] if names else None
+    if primary not in names:
+        raise ParamError(
+            f"params.yaml: `harm.primary_judge` is {primary!r}, not one of `harm.judges` "
+            f"({', '.join(names) or 'none'})"
+        )
+    return primary
+
+
+def _read_optional(path: Path) -> Any:
+    return read_json(path) if path.exists() else None
+
+
+def _merge_rows(
+    refusal_rows: Sequence[Mapping[str, Any]],
+    harm_rows: Sequence[Mapping[str, Any]],
+    generation_rows: Sequence[Mapping[str, Any]],
+    harm_judges: Sequence[str],
+) -> list[dict[str, Any]]:
+    harm_by_id = {row["id"]: row for row in harm_rows}
+    text_by_id = {row["id"]: row for row in generation_rows}
+    merged = []
+    for row in refusal_rows:
+        harm = harm_by_id.get(row["id"], {})
+        text = text_by_id.get(row["id"], {})
+        merged.append(
+            {
+                "id": row["id"],
+                "class": row[RESPONSE_CLASS_JUDGE]["label"],
+                "refused": {
+                    k: v["refusal"]
+                    for k, v in row.items()
+                    if isinstance(v, dict) and "refusal" in v
+                },
+                "harmful": {j: harm[j]["harmful"] for j in harm_judges if j in harm},
+                "prompt": text.get("prompt"),
+                "response": text.get("response"),
+            }
+        )
+    return merged
+
+
+def collect_responses(
+    params: Mapping[str, Any],
+    cells: Sequence[Cell],
+    fractions: Sequence[float],
+    root: Path = Path("."),
+) -> ResponseResults:
+    """Read classes, harm verdicts and texts of the base model and every cell, where they exist."""
+    keyword_judge = str(get(dict(params), "report.primary_judge", None) or "keywords-seed002")
+    harm_judge = harm_primary_judge(params)
+    harm_judges = [entry["name"] for entry in get(dict(params), "harm.judges", None) or []]
+    results = ResponseResults(keyword_judge, harm_judge, harm_judges, {})
+    for cell, labels in [
+        (BASE_CELL, [checkpoint_label(0.0)]),
+        *((c.name, [checkpoint_label(f) for f in fractions]) for c in cells),
+    ]:
+        refusal = _read_optional(root / "metrics" / "refusal" / f"{cell}.json") or {}
+        harm = _read_optional(root / "metrics" / "harm" / f"{cell}.json") or {}
+        evals_file = root / "evals" / "refusal" / f"{cell}.jsonl"
+        harm_file = root / "evals" / "harm" / f"{cell}.jsonl"
+        evals = read_jsonl(evals_file) if evals_file.exists() else []
+        harm_evals = read_jsonl(harm_file) if harm_file.exists() else []
+        found = []
+        for label in labels:
+            entry = (refusal.get("checkpoints") or {}).get(label)
+            if entry is None or "classes" not in entry:
+                continue
+            keyword = (entry.get("judges") or {}).get(keyword_judge) or {}
+            harm_entry = ((harm.get("checkpoints") or {}).get(label) or {}).get("judges") or {}
+            generations_file = root / "generations" / "refusal" / cell / f"{label}.jsonl"
+            texts = read_jsonl(generations_file) if generations_file.exists() else []
+            found.append(
+                CheckpointResponses(
+                    cell=cell,
+                    checkpoint=label,
+                    fraction=float(entry["fraction"]),
+                    classes=entry["classes"],
+                    collapsed=bool(entry.get("collapsed")),
+                    keyword_refusal=keyword.get("refusal_rate"),
+                    harm={j: s[HARMFUL_ANSWER] for j, s in harm_entry.items()},
+                    rows=_merge_rows(
+                        [r for r in evals if r["checkpoint"] == label],
+                        [r for r in harm_evals if r["checkpoint"] == label],
+                        texts,
+                        harm_judges,
+                    ),
+                )
+            )
+        results.checkpoints[cell] = found
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# What the keyword judge's "lost safety" is made of
+
+
+def lost_safety_parts(
+    checkpoint: CheckpointResponses, keyword_judge: str, harm_judge: str | None
+) -> dict[str, int]:
+    """Counts, among the responses the keyword judge did not call refusals, of each part."""
+    parts = dict.fromkeys(LOST_PARTS, 0)
+    for row in checkpoint.rows:
+        if row["refused"].get(keyword_judge, False):
+            continue
+        if row["class"] == ECHO:
+            parts["echo"] += 1
+        elif row["class"] == DEGENERATE:
+            parts["degenerate"] += 1
+        elif row["class"] == ANSWER:
+            harmful = row["harmful"].get(harm_judge) if harm_judge else None
+            if harmful is None:
+                parts["answer, judge unreadable"] += 1
+            else:
+                parts["harmful answer" if harmful else "harmless answer"] += 1
+    return parts
+
+
+def lost_safety_table(
+    results: ResponseResults, cells: Sequence[Cell], fixed_lr: float, final: str
+) -> list[str]:
+    header = ["cell", "not refused (keywords)", *LOST_PARTS]
+    rows = []
+    for cell in cells:
+        if not math.isclose(cell.learning_rate, fixed_lr, rel_tol=1e-9):
+            continue
+        checkpoint = results.get(cell.name, final)
+        if checkpoint is None or not checkpoint.rows:
+            rows.append([cell.name, "missing", *[""] * len(LOST_PARTS)])
+            continue
+        parts = lost_safety_parts(checkpoint, results.keyword_judge, results.harm_judge)
+        lost = sum(parts.values())
+        rows.append(
+            [cell.name, f"{lost} of {len(checkpoint.rows)}"]
+            + [f"{parts[p]} ({100 * parts[p] / lost:.0f}%)" if lost else "0" for p in LOST_PARTS]
+        )
+    return _table(header, rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _rate(value: float | None, low: float | None = None, high: float | None = None) -> str:
+    if value is None:
+        return "—"
+    if low is None or high is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def harmful_answer_cell(checkpoint: CheckpointResponses, judge: str | None) -> str:
+    entry = checkpoint.harm.get(judge) if judge else None
+    if entry is None:
+        return "missing"
+    text = _rate(entry["harmful_answer_rate"], entry["ci_low"], entry["ci_high"])
+    return text + (f" ({entry['unknown']} unreadable)" if entry["unknown"] else "")
+
+
+def classes_table(results: ResponseResults) -> list[str]:
+    header = [
+        "cell",
+        "checkpoint",
+        f"harmful answers ({results.harm_judge or 'no judge'})",
+        f"refusal rate ({results.keyword_judge})",
+        *RESPONSE_CLASSES,
+        "",
+    ]
+    rows = []
+    for cell, checkpoints in results.checkpoints.items():
+        for c in checkpoints:
+            shares = [f"{c.classes[name]['share']:.3f}" for name in RESPONSE_CLASSES]
+            rows.append(
+                [
+                    cell,
+                    c.checkpoint,
+                    harmful_answer_cell(c, results.harm_judge),
+                    _rate(c.keyword_refusal),
+                    *shares,
+                    "**collapsed**" if c.collapsed else "",
+                ]
+            )
+    return _table(header, rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Judges: against human labels, and against each other
+
+
+def unsafe_labels(rows: Sequence[Mapping[str, Any]], judge: str, kind: str) -> list[bool | None]:
+    """Each response as one judge sees it: does it count against the model's safety?
+
+    Keyword judges: not a refusal. `response-class`: an answer. Model judges: harmful (None where
+    the output was unreadable)."""
+    if kind == "model":
+        return [row["harmful"].get(judge) for row in rows]
+    if judge == RESPONSE_CLASS_JUDGE:
+        return [row["class"] == ANSWER for row in rows]
+    return [not row["refused"][judge] if judge in row["refused"] else None for row in rows]
+
+
+def agreement_rows(
+    results: ResponseResults, text_judges: Sequence[str], resamples: int, seed: int
+) -> list[list[Any]]:
+    """Cohen's kappa (bootstrap interval) of every pair of judges over all cells, then on every
+    cell, its checkpoints pooled; responses a judge could not label are left out of its pairs."""
+    judges = [(j, "text") for j in [*text_judges, RESPONSE_CLASS_JUDGE]]
+    judges += [(j, "model") for j in results.harm_judges]
+    rows = []
+    every_cell = [row for cps in results.checkpoints.values() for c in cps for row in c.rows]
+    for cell, pooled in [
+        ("all cells", every_cell),
+        *(
+            (cell, [row for c in cps for row in c.rows])
+            for cell, cps in results.checkpoints.items()
+        ),
+    ]:
+        if not pooled:
+            continue
+        labels = {name: unsafe_labels(pooled, name, kind) for name, kind in judges}
+        for a_index, (a, _) in enumerate(judges):
+            for b, _ in judges[a_index + 1 :]:
+                both = [
+                    (x, y) for x, y in zip(labels[a], labels[b], strict=True) if None not in (x, y)
+                ]
+                if len(both) < 2:
+                    rows.append([cell, a, b, "—", "—", len(both)])
+                    continue
+                (pair,) = pairwise_agreement(
+                    {a: [x for x, _ in both], b: [y for _, y in both]},
+                    n_resamples=resamples,
+                    seed=seed,
+                )
+                kappa, low, high = pair["kappa"], pair["ci_low"], pair["ci_high"]
+                defined = kappa is not None and not math.isnan(kappa)
+                bounded = None not in (low, high) and not math.isnan(low) and not math.isnan(high)
+                rows.append(
+                    [
+                        cell,
+                        a,
+                        b,
+                        f"{kappa:.2f}" if defined else "undefined (one label only)",
+                        f"[{low:.2f}, {high:.2f}]" if defined and bounded else "—",
+                        len(both),
+                    ]
+                )
+    return rows
+
+
+def validation_table(validation: Mapping[str, Any] | None) -> list[str]:
+    if not validation or not validation.get("judges"):
+        return ["No judge validation yet (`validate_judges` has not run, or no files are set)."]
+    header = ["judge", "n", "accuracy", "precision", "recall", "unreadable"]
+    rows = []
+    for name, scores in validation["judges"].items():
+        cells = [
+            _rate(*(scores[k][p] for p in ("value", "ci_low", "ci_high"))) if scores.get(k) else "—"
+            for k in ("accuracy", "precision", "recall")
+        ]
+        rows.append([name, scores.get("n", 0), *cells, scores.get("unparsed", 0)])
+    files = ", ".join(f"`{f}`" for f in validation.get("files", []))
+    return [
+        f"Against {validation['n']} human-labelled responses ({validation.get('refused', '?')} "
+        f'labelled refusals; {files}). "Refused" is a refusal for the keyword judges, the class '
+        "`refusal` for `response-class`, and *not harmful* for a model judge, whose unreadable "
+        "outputs are left out. 95% Wilson intervals.",
+        "",
+        *_table(header, rows),
+    ]
+
+
+def review_section(results: ResponseResults, labels_file: Path) -> list[str]:
+    if not labels_file.exists() or not labels_file.read_text(encoding="utf-8").strip():
+        return [
+            f"No human review labels yet (`{labels_file}`): `safetydrift review export` samples "
+            "responses per cell and class, `safetydrift review import` reads the labels back."
+        ]
+    verdict_rows = [
+        {
+            "cell": c.cell,
+            "checkpoint": c.checkpoint,
+            "id": row["id"],
+            RESPONSE_CLASS_JUDGE: {"refusal": row["class"] == "refusal", "label": row["class"]},
+            **{
+                judge: {"refusal": refused, "label": "refusal" if refused else "compliance"}
+                for judge, refused in row["refused"].items()
+                if judge != RESPONSE_CLASS_JUDGE
+            },
+        }
+        for checkpoints in results.checkpoints.values()
+        for c in checkpoints
+        for row in c.rows
+    ]
+    accuracy = review_accuracy(labels_file, verdict_rows)
+
+    def interval(scores: Mapping[str, Any] | None) -> str:
+        if not scores or scores.get("value") is None:
+            return "—"
+        return _rate(scores["value"], scores["ci_low"], scores["ci_high"])
+
+    rows = [
+        [
+            judge,
+            scores["n"],
+            interval(scores["accuracy"]),
+            interval(scores.get("class_accuracy")),
+        ]
+        for judge, scores in accuracy["judges"].items()
+    ]
+    return [
+        f"Against the {accuracy['matched']} responses a reviewer labelled (`{labels_file}`; "
+        f"{accuracy['unmatched']} labels match no response of this run). Accuracy of "
+        '"refused"; for `response-class` also of its class.',
+        "",
+        *_table(["judge", "n", "refusal accuracy", "class accuracy"], rows),
+        "",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Examples
+
+
+def _clip(text: str | None) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + " …"
+
+
+def examples_section(
+    results: ResponseResults, final: str, per_class: int, harm_judge: str | None
+) -> list[str]:
+    """A few responses of each class per cell, at its last checkpoint (the base model's only)."""
+    lines = []
+    for cell, checkpoints in results.checkpoints.items():
+        checkpoint = next((c for c in checkpoints if c.checkpoint == final), None)
+        checkpoint = checkpoint or (checkpoints[-1] if checkpoints else None)
+        if checkpoint is None or not checkpoint.rows:
+            continue
+        lines += [f"### {cell}, {checkpoint.checkpoint}", ""]
+        for name in RESPONSE_CLASSES:
+            chosen = [r for r in checkpoint.rows if r["class"] == name][:per_class]
+            for row in chosen:
+                verdict = ""
+                if name == ANSWER and harm_judge:
+                    harmful = row["harmful"].get(harm_judge)
+                    verdict = {True: " — harmful", False: " — harmless", None: " — unreadable"}[
+                        harmful
+                    ]
+                lines += [
+                    f"- **{name}**{verdict} (prompt {row['id']}): {_clip(row['prompt'])}",
+                    f"  > {_clip(row['response']) or '(empty)'}",
+                ]
+        lines.append("")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def class_shares_figure(results: ResponseResults, cells: Sequence[Cell], new_figure) -> Any:
+    """Figure 3: class shares per checkpoint, one panel per method × learning rate, stacked;
+    the base model is every panel's 0% bar. Collapsed checkpoints are marked."""
+    methods = list(dict.fromkeys(c.method for c in cells))
+    rates = sorted({c.learning_rate for c in cells}, reverse=True)
+    figure = new_figure(2.6 * max(len(rates), 1) + 1.2, 2.2 * max(len(methods), 1) + 0.6)
+    axes = figure.subplots(
+        max(len(methods), 1), max(len(rates), 1), squeeze=False, sharex=True, sharey=True
+    )
+    base = results.checkpoints.get(BASE_CELL, [])
+    for row_index, method in enumerate(methods):
+        for col_index, rate in enumerate(rates):
+            ax = axes[row_index][col_index]
+            name = Cell(method, rate).name
+            points = base + results.checkpoints.get(name, [])
+            labels = [f"{round(100 * p.fraction)}%" for p in points]
+            bottom = [0.0] * len(points)
+            for cls in RESPONSE_CLASSES:
+                shares = [p.classes[cls]["share"] for p in points]
+                ax.bar(labels, shares, bottom=bottom, color=CLASS_COLORS[cls], label=cls)
+                bottom = [b + s for b, s in zip(bottom, shares, strict=True)]
+            for x, point in enumerate(points):
+                if point.collapsed:
+                    ax.text(x, 1.02, "collapsed", ha="center", fontsize=6, rotation=90)
+            if not results.checkpoints.get(name):
+                ax.text(0.5, 0.5, "missing", transform=ax.transAxes, ha="center")
+            ax.set_title(f"{method}, lr={rate}", fontsize=9)
+            ax.set_ylim(0, 1.15)
+            ax.tick_params(labelsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right center", title="class")
+    figure.suptitle("What the responses are, over training (share of AdvBench responses)")
+    return figure
+
+
+def harm_tradeoff_points(
+    results: ResponseResults,
+    cells: Sequence[Cell],
+    chrf: Mapping[str, Any],
+    fixed_lr: float,
+    final: str,
+) -> list[tuple[str, float, float, float | None, float | None]]:
+    """(method, chrF, harmful-answer rate, low, high) of each method at `fixed_lr`, final
+    checkpoint, and the base model's point."""
+    points = []
+    for name, method in [(BASE_CELL, BASE_CELL)] + [
+        (c.name, c.method) for c in cells if math.isclose(c.learning_rate, fixed_lr, rel_tol=1e-9)
+    ]:
+        label = checkpoint_label(0.0) if name == BASE_CELL else final
+        checkpoint = results.get(name, label)
+        score = chrf.get((name, label))
+        entry = (
+            checkpoint.harm.get(results.harm_judge) if checkpoint and results.harm_judge else None
+        )
+        if score is None or entry is None or entry["harmful_answer_rate"] is None:
+            continue
+        points.append(
+            (method, score, entry["harmful_answer_rate"], entry["ci_low"], entry["ci_high"])
+        )
+    return points
+
+
+def harm_tradeoff_figure(points, fixed_lr: float, judge: str | None, new_figure, style) -> Any:
+    """Figure 1: harmful-answer rate against chrF at `fixed_lr` (final checkpoints), base too."""
+    figure = new_figure(6.4, 4.8)
+    ax = figure.add_subplot()
+    methods = [p[0] for p in points]
+    for method, chrf, rate, low, high in points:
+        marker, color = ("*", "black") if method == BASE_CELL else style(method, methods)
+        errors = [
+            [rate - low if low is not None else 0.0],
+            [high - rate if high is not None else 0.0],
+        ]
+        ax.errorbar([chrf], [rate], yerr=errors, fmt=marker, color=color, markersize=9, capsize=3)
+        ax.annotate(method, (chrf, rate), textcoords="offset points", xytext=(7, 7), color=color)
+    ax.set_xlabel("chrF (final checkpoint; base model: before training)")
+    ax.set_ylabel(f"harmful-answer rate ({judge or 'no judge'})")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Harm vs. task performance at learning rate {fixed_lr}")
+    if not points:
+        ax.text(0.5, 0.5, "no harmful-answer rates yet", transform=ax.transAxes, ha="center")
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Summary for metrics.json
+
+
+def summary(results: ResponseResults) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for cell, checkpoints in results.checkpoints.items():
+        for c in checkpoints:
+            entry = {f"class_share_{k}": v["share"] for k, v in c.classes.items()}
+            entry["collapsed"] = c.collapsed
+            harm = c.harm.get(results.harm_judge) if results.harm_judge else None
+            if harm is not None:
+                entry["harmful_answer_rate"] = harm["harmful_answer_rate"]
+            out[f"{cell}/{c.checkpoint}"] = entry
+    return out
