@@ -1,6 +1,9 @@
-"""Stages log to a real MLflow tracking server, bound to 127.0.0.1, and the runs read back."""
+"""Stages log to MLflow in their own process: a real tracking server bound to 127.0.0.1, SQLite
+stores, and a store that is unreachable, deleted or out of disk space."""
 
+import contextlib
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -8,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, load_stage
+from conftest import FIXTURES, ROOT, load_stage
 
 from safetydrift import tracking
 
@@ -124,155 +127,169 @@ def test_a_metric_history_is_logged_in_one_batch_with_its_steps(tmp_path, monkey
     assert client.get_metric_history(run.run_id, "grad_norm") == []
 
 
-# The tracking service: one long-lived writer of every stage's run.
+# Faults of the store, with a real stage script run as DVC runs it, in a temporary project.
+
+ADVBENCH_OUTPUT = Path("data") / "advbench.jsonl"
+
+
+def stage_project(tmp_path: Path, **runtime) -> Path:
+    """A project folder holding what `stages/prepare_advbench.py` reads: dvc.yaml, params.yaml."""
+    import yaml
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    params = {**PARAMS, "runtime": {"progress": False, **runtime}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    return project
+
+
+def run_prepare_advbench(
+    project: Path, uri: str | None
+) -> tuple[subprocess.CompletedProcess, float]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if uri is not None:
+        env["MLFLOW_TRACKING_URI"] = uri
+    env["PYTHONPATH"] = str(ROOT / "src")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "prepare_advbench.py")],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done, time.perf_counter() - started
+
+
+def runs_in(uri: str, study: str = "tracking-test") -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(tracking.experiment_name(study))
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def error_lines(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in done.stderr.splitlines() if line.startswith("error:")]
+
+
+CLOSED_PORT = 9  # discard: nothing listens there on this machine
 
 
 @pytest.fixture
-def private_service(tmp_path, monkeypatch):
-    """A service of this test's own (its directory under XDG_RUNTIME_DIR), ended afterwards."""
-    import os
-    import shutil
-    import signal
-    import tempfile
-
-    # Short: a Unix socket's path has a limit that pytest's temporary paths can pass.
-    runtime = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    monkeypatch.chdir(tmp_path)
-    yield runtime
-    for lock in runtime.glob("*/*.lock"):
-        pid = service_pid(lock.with_suffix(".sock"))
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-    shutil.rmtree(runtime, ignore_errors=True)
+def closed_port_uri() -> str:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", CLOSED_PORT)) == 0:
+            pytest.skip(f"something listens on 127.0.0.1:{CLOSED_PORT}")
+    return f"http://127.0.0.1:{CLOSED_PORT}"
 
 
-def service_pid(socket_path):
-    """The pid of the service listening at `socket_path`, from its greeting; None if none."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        try:
-            connection.connect(str(socket_path))
-            return int(connection.recv(64).split()[1])
-        except (OSError, IndexError):
-            return None
-
-
-def runs_of(study):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking.tracking_uri())
-    experiment = client.get_experiment_by_name(tracking.experiment_name(study))
-    return {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-
-
-def test_stages_share_one_service_that_ends_when_idle(private_service, monkeypatch):
-    monkeypatch.setenv("SAFETYDRIFT_TRACKING_IDLE", "2")
-    with tracking.stage_run("service-test", "first", {"a": 1}) as first:
-        first.log_metrics({"x": 1.0})
-    with tracking.stage_run("service-test", "second", {"a": 2}) as second:
-        second.log_metrics({"x": 2.0})
-    assert first.service_pid == second.service_pid
-    socket_path, lock_path, log_path = tracking.service_paths()
-    assert socket_path.parent.stat().st_mode & 0o777 == 0o700
-    assert service_pid(socket_path) == first.service_pid
-    runs = runs_of("service-test")
-    assert {name: r.data.metrics["x"] for name, r in runs.items()} == {"first": 1.0, "second": 2.0}
-    assert all(r.info.status == "FINISHED" for r in runs.values())
-    deadline = time.time() + 30
-    while socket_path.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    assert not socket_path.exists(), log_path.read_text()
-    assert "idle for 2 s: exiting" in log_path.read_text()
-    with tracking.stage_run("service-test", "third", {}) as third:
-        pass
-    assert third.service_pid != first.service_pid
-    assert runs_of("service-test")["third"].info.status == "FINISHED"
-
-
-def test_stages_at_once_are_written_one_by_one(private_service):
-    import threading
-
-    errors = []
-
-    def stage(number):
-        try:
-            with tracking.stage_run("service-test", f"stage{number}", {"n": number}) as run:
-                run.log_metric_history([(step, {"loss": number + step}) for step in range(50)])
-        except Exception as error:  # noqa: BLE001 - collected for the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=stage, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    runs = runs_of("service-test")
-    assert sorted(runs) == [f"stage{n}" for n in range(8)]
-    assert {r.data.params["n"] for r in runs.values()} == {str(n) for n in range(8)}
-    assert {r.data.metrics["loss"] for r in runs.values()} == {n + 49.0 for n in range(8)}
-    assert len({r.info.run_id for r in runs.values()}) == 8
-
-
-def test_a_failed_write_fails_the_stage_with_the_reason(private_service, tmp_path):
-    broken = tracking.stage_run("service-test", "broken", {})
-    with pytest.raises(tracking.TrackingError, match="could not be written: .*missing.txt"):  # noqa: SIM117
-        with broken as run:
-            run.log_artifact(tmp_path / "missing.txt")
-    assert runs_of("service-test")["broken"].info.status == "FAILED"
-    with tracking.stage_run("service-test", "after", {}) as after:  # the service goes on
-        after.log_metrics({"x": 1.0})
-    assert after.service_pid == run.service_pid
-    assert runs_of("service-test")["after"].info.status == "FINISHED"
-
-
-def test_a_stage_killed_before_closing_leaves_its_run_failed(private_service):
-    script = (
-        "import os\n"
-        "from safetydrift import tracking\n"
-        "run = tracking.StageRun(tracking.tracking_uri(), tracking.experiment_name('service-test'),"
-        " 'killed', {}, tracking.repo_root())\n"
-        "run.log_metrics({'x': 1.0})\n"
-        "print(run.run_id, flush=True)\n"
-        "os._exit(9)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 9, done.stderr
-    deadline = time.time() + 30
-    while runs_of("service-test")["killed"].info.status == "RUNNING" and time.time() < deadline:
-        time.sleep(0.2)
-    run = runs_of("service-test")["killed"]
-    assert run.info.run_id == done.stdout.strip()
-    assert run.info.status == "FAILED" and run.data.metrics["x"] == 1.0
-
-
-def test_a_dead_services_socket_is_replaced(private_service):
-    socket_path, _, _ = tracking.service_paths()
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(str(socket_path))
-    stale.close()  # the file stays, nobody listens: as after a killed service
-    assert socket_path.exists() and service_pid(socket_path) is None
-    with tracking.stage_run("service-test", "fresh", {}) as run:
-        pass
-    assert service_pid(socket_path) == run.service_pid
-    assert runs_of("service-test")["fresh"].info.status == "FINISHED"
-
-
-def test_the_service_refuses_a_directory_others_can_enter_or_too_long_a_path(
-    private_service, tmp_path, monkeypatch
+def test_an_unreachable_server_fails_the_stage_in_seconds_before_any_work(
+    tmp_path, closed_port_uri
 ):
-    import os
+    project = stage_project(tmp_path)
+    done, seconds = run_prepare_advbench(project, closed_port_uri)
+    assert done.returncode == 1, done.stderr
+    (line,) = error_lines(done)
+    # One line, no traceback (above it, at most urllib3's warning that it retries once).
+    assert done.stderr.strip().endswith(line) and "Traceback" not in done.stderr
+    assert f"the MLflow store {closed_port_uri} could not be opened" in line
+    assert "Connection refused (is its server running?" in line
+    assert "tracking_fallback: local" in line
+    assert seconds < 15
+    assert not (project / ADVBENCH_OUTPUT).exists()
 
-    shared = private_service / f"safetydrift-{os.getuid()}"
-    shared.mkdir(mode=0o755)
-    shared.chmod(0o755)
-    with pytest.raises(tracking.TrackingError, match="not a directory that only this user"):
-        tracking.service_paths()
-    deep = tmp_path / ("long" * 30)
-    deep.mkdir()
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
-    with pytest.raises(tracking.TrackingError, match="too long for a Unix socket; set XDG_RUN"):
-        tracking.service_paths()
+
+def test_with_the_local_fallback_an_unreachable_server_tracks_into_the_project(
+    tmp_path, closed_port_uri
+):
+    project = stage_project(tmp_path, tracking_fallback="local")
+    done, seconds = run_prepare_advbench(project, closed_port_uri)
+    assert done.returncode == 0, done.stderr
+    assert f"the MLflow store {closed_port_uri} could not be opened" in done.stderr
+    assert f"tracking into sqlite:///{project.resolve()}/mlruns.db instead" in done.stderr
+    assert (project / ADVBENCH_OUTPUT).exists()
+    (run,) = runs_in(tracking.local_uri(project.resolve()))
+    assert run.info.status == "FINISHED" and run.data.metrics["rows"] == 12
+
+
+def test_a_fallback_the_project_does_not_know_is_refused_naming_the_key(tmp_path):
+    project = stage_project(tmp_path, tracking_fallback="remote")
+    done, _ = run_prepare_advbench(project, None)
+    assert done.returncode == 1
+    assert error_lines(done) == [
+        "error: params.yaml: `runtime.tracking_fallback` must be one of none, local, got 'remote'"
+    ]
+    assert not (project / ADVBENCH_OUTPUT).exists()
+
+
+def test_a_store_deleted_between_stages_is_created_again_by_the_next(tmp_path):
+    project = stage_project(tmp_path)
+    uri = tracking.local_uri(project.resolve())
+    first, _ = run_prepare_advbench(project, None)
+    assert first.returncode == 0, first.stderr
+    (project / "mlruns.db").unlink()
+    (project / ADVBENCH_OUTPUT).unlink()
+    second, _ = run_prepare_advbench(project, None)
+    assert second.returncode == 0, second.stderr
+    (run,) = runs_in(uri)  # the first stage's run went with the deleted store
+    assert run.info.status == "FINISHED" and run.data.metrics["rows"] == 12
+    assert (project / ADVBENCH_OUTPUT).exists()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 4 MB tmpfs (room for an MLflow store, not much more), unmounted afterwards."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """A file that takes every free byte of `folder`'s filesystem."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_under_the_store_fails_the_stage_with_one_line(tmp_path, small_filesystem):
+    project = stage_project(tmp_path)
+    uri = f"sqlite:///{small_filesystem / 'mlruns.db'}"
+    first, _ = run_prepare_advbench(project, uri)
+    assert first.returncode == 0, first.stderr
+    (project / ADVBENCH_OUTPUT).unlink()
+    filler = fill(small_filesystem)
+    full, _ = run_prepare_advbench(project, uri)
+    assert full.returncode == 1
+    assert error_lines(full) == [full.stderr.strip()]
+    line = full.stderr.strip()
+    assert f"the MLflow store {uri} could not be opened" in line
+    assert "disk is full" in line
+    assert not (project / ADVBENCH_OUTPUT).exists()
+    filler.unlink()
+    # The store is whole, with the first stage's run and nothing FINISHED from the second.
+    # (Read with sqlite3, closed at once: MLflow's client would keep the file system busy.)
+    with contextlib.closing(sqlite3.connect(small_filesystem / "mlruns.db")) as store:
+        assert store.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        statuses = store.execute("SELECT name, status FROM runs").fetchall()
+    assert [s for s in statuses if s[1] != "FAILED"] == [("prepare_advbench", "FINISHED")]
 
 
 def test_a_relative_store_is_made_absolute(tmp_path, monkeypatch):
@@ -281,3 +298,53 @@ def test_a_relative_store_is_made_absolute(tmp_path, monkeypatch):
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/runs/mlruns.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_a_store_deleted_during_a_stage_fails_its_next_write_naming_the_store(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    with (
+        pytest.raises(tracking.TrackingError) as failure,
+        tracking.stage_run("tracking-test", "eval_refusal", {}, cell="base") as run,
+    ):
+        store.unlink()
+        run.log_metrics({"refusal_rate": 0.5})
+    assert str(failure.value) == (
+        f"the MLflow store sqlite:///{store} refused the metrics of run {run.run_id}: "
+        "OperationalError: attempt to write a readonly database"
+    )
+
+
+STAGE_PROCESS = """
+import sys
+from safetydrift import tracking
+with tracking.stage_run("tracking-test", "train", {"n": sys.argv[1]}, cell=sys.argv[1]) as run:
+    run.log_metric_history([(step, {"loss": 1.0 / step}) for step in range(1, 301)])
+"""
+
+
+def test_stages_started_at_once_on_a_new_store_all_record_their_runs(tmp_path):
+    # As `safetydrift grid --jobs N` starts them: processes side by side, one SQLite file.
+    import os
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlruns.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT / "src")}
+    stages = [
+        subprocess.Popen(
+            [sys.executable, "-c", STAGE_PROCESS, f"cell{n}"],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    errors = [stage.communicate(timeout=300)[1] for stage in stages]
+    assert [stage.returncode for stage in stages] == [0] * 4, errors
+    runs = runs_in(uri)
+    assert sorted(r.info.run_name for r in runs) == [f"train@cell{n}" for n in range(4)]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.metrics["loss"] for r in runs} == {1.0 / 300}

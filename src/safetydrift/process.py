@@ -40,8 +40,8 @@ def enable_bytecode_cache() -> Path | None:
 
     Nothing changes where Python already writes bytecode, or with `SAFETYDRIFT_PYCACHE=off`. The
     folder is `SAFETYDRIFT_PYCACHE`, else `PYTHONPYCACHEPREFIX`, else
-    `~/.cache/safetydrift/pycache`. Children (the tracking service, `accelerate launch`, DVC's
-    stages under `safetydrift grid`) inherit it through the environment. Python writes each
+    `~/.cache/safetydrift/pycache`. Children (`accelerate launch`, DVC's stages under
+    `safetydrift grid`) inherit it through the environment. Python writes each
     `.pyc` atomically, so stages running side by side can share the folder.
     """
     setting = os.environ.get(PYCACHE_ENV, "")
@@ -80,7 +80,9 @@ def exit_now(code: int = 0) -> None:
     """End a finished stage's process at once: its exit handlers run, the teardown does not.
 
     Only for a process whose work is done: every output written and closed, every child waited
-    for. Log handlers and the standard streams are flushed first.
+    for, its MLflow run ended (`tracking.stage_run` writes synchronously). Exit handlers (MLflow
+    registers its own, e.g. to drain asynchronous logging), log handlers and the standard
+    streams run or are flushed first.
     """
     atexit._run_exitfuncs()  # what registered for the exit (e.g. torch's compile workers)
     logging.shutdown()

@@ -20,7 +20,7 @@ from safetydrift.cells import BASE_CELL
 from safetydrift.io import read_json, read_jsonl
 from safetydrift.params import PARAMS_FILE, ParamError, get, load_params, select
 from safetydrift.process import enable_bytecode_cache, exit_now
-from safetydrift.tracking import TrackingError
+from safetydrift.tracking import FALLBACK_PARAM, TrackingError, set_fallback
 
 MTPREF_DIR = Path("data/mtpref")
 ADVBENCH_FILE = Path("data/advbench.jsonl")
@@ -92,7 +92,8 @@ def run_user_command(function: Callable[..., Any], *args: Any) -> None:
 
 def apply_runtime_settings(params: dict[str, Any]) -> None:
     """Apply `runtime:`, the settings that cannot change any output (no stage declares them, so
-    changing one reruns nothing): here, whether progress bars are drawn."""
+    changing one reruns nothing): whether progress bars are drawn, and where a stage tracks when
+    its MLflow store cannot be opened."""
     progress = get(params, "runtime.progress", True)
     if not isinstance(progress, bool):
         raise ParamError(f"params.yaml: `runtime.progress` must be true or false, got {progress!r}")
@@ -100,6 +101,7 @@ def apply_runtime_settings(params: dict[str, Any]) -> None:
         # tqdm (transformers, datasets, TRL, huggingface_hub) reads its defaults from TQDM_*.
         os.environ["TQDM_DISABLE"] = "1"
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    set_fallback(get(params, FALLBACK_PARAM, None))
 
 
 def run_stage(function: Callable[..., Any], *args: Any) -> None:
