@@ -276,12 +276,12 @@ def test_bad_input_to_the_command_is_one_line(project, args, message):
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
 
 
-def test_an_unknown_primary_judge_fails_before_the_report_is_written(project):
-    metrics = project / "metrics" / "refusal"
+def write_base_refusal_metrics(project: Path) -> None:
+    """metrics/refusal/base.json, judged by keywords-seed002 alone."""
     verdicts = judge_responses(["I cannot help with that."], ["keywords-seed002"])
     verdicts = verdicts["keywords-seed002"]
     write_json(
-        metrics / "base.json",
+        project / "metrics" / "refusal" / "base.json",
         {
             "cell": "base",
             "checkpoints": {
@@ -293,6 +293,10 @@ def test_an_unknown_primary_judge_fails_before_the_report_is_written(project):
             },
         },
     )
+
+
+def test_an_unknown_primary_judge_fails_before_the_report_is_written(project):
+    write_base_refusal_metrics(project)
     edit_params(project, set_key("report.primary_judge", "keywords-seed0002"))
     try:
         done = run_stage_script(project, "stages/report.py")
@@ -385,21 +389,28 @@ def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     return done
 
 
-def test_a_failed_rerun_keeps_the_previous_uncached_metrics(project):
-    dvc(project, "repro", "--single-item", "prepare_mtpref")
-    stats = project / "data" / "mtpref" / "stats.json"
-    before = stats.read_bytes()
-    lock = (project / "dvc.lock").read_text()
-    edit_params(project, set_key("data.mtpref.test_ratio", 1.5))
+def test_a_failed_rerun_keeps_the_previous_report_and_records_nothing(project):
+    """DVC deletes a stage's outputs before running it; the report's are `persist: true`."""
+    write_base_refusal_metrics(project)
+    write_json(project / "metrics" / "chrf" / "base.json", {"cell": "base", "checkpoints": {}})
     try:
-        failed = dvc(project, "repro", "--single-item", "prepare_mtpref", check=False)
-        assert failed.returncode != 0
-        assert stats.read_bytes() == before
+        dvc(project, "repro", "--single-item", "prepare_mtpref")
+        dvc(project, "repro", "--single-item", "report")
+        kept = ["report.md", "results.csv", "metrics.json", "plots/refusal.csv"]
+        before = {name: (project / "reports" / name).read_bytes() for name in kept}
+        lock = (project / "dvc.lock").read_text()
+        edit_params(project, set_key("report.primary_judge", "no-such-judge"))
+        failed = dvc(project, "repro", "--single-item", "report", check=False)
+        assert failed.returncode != 0 and "`report.primary_judge` is 'no-such-judge'" in (
+            failed.stdout + failed.stderr
+        )
+        assert {name: (project / "reports" / name).read_bytes() for name in kept} == before
         assert (project / "dvc.lock").read_text() == lock  # nothing recorded
-        status = json.loads(dvc(project, "status", "--json", "prepare_mtpref").stdout)
-        assert "prepare_mtpref" in status  # still to be run
+        status = json.loads(dvc(project, "status", "--json", "report").stdout)
+        assert "report" in status  # still to be run
     finally:
         shutil.copy(project / "presets" / "smoke.yaml", project / "params.yaml")
+        shutil.rmtree(project / "metrics")
 
 
 def test_generating_twice_on_the_same_inputs_writes_the_same_bytes(
