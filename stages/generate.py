@@ -2,8 +2,9 @@
 
 The base model is loaded once; each checkpoint's weights or adapter are copied into it
 (`safetydrift.generation`). Outputs: generations/MEASUREMENT/CELL/ckpt-*.jsonl (`id`, `prompt`,
-`response`, `new_tokens`, `finish_reason`, and `reference` for chrF) and generation.json (where the
-stage's time went).
+`response`, `new_tokens`, `finish_reason`, and `reference` for chrF) and generation.json (the
+prompts, engine and checkpoints). Where the stage's time went goes to MLflow and
+timings/generate_MEASUREMENT/CELL.json, outside DVC's outputs, so that reruns compare equal.
 """
 
 import argparse
@@ -31,6 +32,7 @@ from safetydrift.stage import (
     GENERATIONS_DIR,
     MODELS_DIR,
     MTPREF_DIR,
+    TIMINGS_DIR,
     declared_params,
     elapsed,
     run_stage,
@@ -106,6 +108,8 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
                 },
                 step=round(result.checkpoint.fraction * 100),
             )
+        # What was generated, the same on every rerun of the same inputs: a DVC output. The
+        # eval stages read its `checkpoints`.
         summary = {
             "cell": cell,
             "measurement": measurement,
@@ -116,10 +120,15 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
             "checkpoints": [
                 {"label": c.label, "fraction": c.fraction, "step": c.step} for c in checkpoints
             ],
-            # Where a fresh process's time goes: interpreter start, opening the MLflow run,
-            # importing torch, transformers (and PEFT), loading each checkpoint (the first: the
-            # tokenizer and base model too), generating (the first pass: graph capture too), and
-            # the whole stage after the interpreter's start.
+        }
+        write_json(tmp / "generation.json", summary)
+        # Where a fresh process's time goes, different on every run, so outside DVC's outputs
+        # (MLflow and timings/STAGE/CELL.json): interpreter start, opening the MLflow run,
+        # importing torch, transformers (and PEFT), loading each checkpoint (the first: the
+        # tokenizer and base model too), generating (the first pass: graph capture too), and
+        # the whole stage after the interpreter's start.
+        timing = {
+            "cell": cell,
             "startup_seconds": startup_seconds,
             "tracking_seconds": tracking_seconds,
             "import_seconds": import_seconds,
@@ -127,10 +136,12 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
             "generation_seconds": timings,
             "stage_seconds": elapsed(started),
         }
-        write_json(tmp / "generation.json", summary)
         run.set_tags({"engine": summary["engine"]})
-        run.log_metrics({"stage_seconds": summary["stage_seconds"]})
-    return summary
+        run.log_metrics(
+            {key: value for key, value in timing.items() if isinstance(value, float | int)}
+        )
+    write_json(TIMINGS_DIR / stage / f"{cell}.json", timing)
+    return {**summary, **timing}
 
 
 if __name__ == "__main__":

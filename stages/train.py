@@ -6,6 +6,7 @@ with `train.distributed: fsdp`); DVC sees the launcher's exit status.
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ from safetydrift.stage import (
     BASE_MODEL_DIR,
     MODELS_DIR,
     MTPREF_DIR,
+    TIMINGS_DIR,
     declared_params,
     elapsed,
     run_stage,
@@ -30,9 +32,10 @@ from safetydrift.stage import (
 )
 
 PARAMS = ["train", "methods.{method}"]
+TRAINER_SCRATCH = ".trainer"
 
 
-def main(params: dict[str, Any], method: str, learning_rate: float) -> dict[str, Any]:
+def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dict[str, Any]:
     startup_seconds = process_age_seconds()
     started = time.perf_counter()
     settings = train_settings(params, method, learning_rate)  # every check before any loading
@@ -54,9 +57,13 @@ def main(params: dict[str, Any], method: str, learning_rate: float) -> dict[str,
     with (
         tracking.stage_run(study_name(params), "train", logged, cell=cell.name) as run,
         atomic_dir(MODELS_DIR / cell.name) as tmp_out,
-        tempfile.TemporaryDirectory(prefix="safetydrift-trainer-") as work_dir,
     ):
-        result = train_cell(settings, BASE_MODEL_DIR, pairs, tmp_out, Path(work_dir), tracker=run)
+        # The trainer's scratch lives inside the output's temporary directory: a killed run
+        # leaves it there, and the next run of this cell removes it with the rest.
+        work_dir = tmp_out / TRAINER_SCRATCH
+        result = train_cell(settings, BASE_MODEL_DIR, pairs, tmp_out, work_dir, tracker=run)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        # What the training did, the same on every rerun of the same inputs: a DVC output.
         summary = {
             "cell": cell.name,
             "method": method,
@@ -64,8 +71,20 @@ def main(params: dict[str, Any], method: str, learning_rate: float) -> dict[str,
             "seed": settings.seed,
             "steps": result.steps,
             "examples": result.examples,
-            # A fresh process's time: imports; loading model and data and building the trainer
-            # (compilation happens in the first steps, inside train_seconds); the whole stage.
+            "final_loss": result.final_loss,
+            "losses": result.losses,
+            "cuda_graphs": None
+            if result.cuda_graphs is None
+            else {"recordings": [c["shape"] for c in result.cuda_graphs["recordings"]]},
+            "checkpoints": result.checkpoints,
+        }
+        write_json(tmp_out / "training.json", summary)
+        # Where the time went differs on every run, so it stays out of DVC's outputs: MLflow's
+        # metrics and timings/train/CELL.json. A fresh process's time: imports; loading model
+        # and data and building the trainer (compilation happens in the first steps, inside
+        # train_seconds); the whole stage.
+        timing = {
+            "cell": cell.name,
             "startup_seconds": startup_seconds,
             "setup_seconds": result.setup_seconds,
             "train_seconds": result.train_seconds,
@@ -73,25 +92,20 @@ def main(params: dict[str, Any], method: str, learning_rate: float) -> dict[str,
             "steady_examples_per_second": result.steady_examples_per_second,
             "tokens_per_second": result.tokens_per_second,
             "peak_memory_bytes": result.peak_memory_bytes,
-            "final_loss": result.final_loss,
             "cuda_graphs": result.cuda_graphs,
-            "checkpoints": result.checkpoints,
+            "stage_seconds": elapsed(started),
         }
-        summary["stage_seconds"] = elapsed(started)
-        write_json(tmp_out / "training.json", summary)
-        speed = (
-            "train_seconds",
-            "examples_per_second",
-            "steady_examples_per_second",
-            "tokens_per_second",
-            "peak_memory_bytes",
-            "final_loss",
+        run.log_metrics(
+            {
+                **{key: value for key, value in timing.items() if isinstance(value, float | int)},
+                "final_loss": result.final_loss,
+            }
         )
-        run.log_metrics({key: summary[key] for key in speed})
-    return summary
+    write_json(TIMINGS_DIR / "train" / f"{cell.name}.json", timing)
+    return {**summary, **timing}
 
 
-def launch_or_train(method: str, learning_rate: float) -> None:
+def launch_or_train(method: str, learning_rate: float | str) -> None:
     params = load_params()
     launch = distributed_launch(train_settings(params, method, learning_rate), sys.argv)
     if launch is not None:
@@ -102,6 +116,7 @@ def launch_or_train(method: str, learning_rate: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--method", required=True, help="full, lora, qlora or dpo")
-    parser.add_argument("--lr", required=True, type=float, help="peak learning rate")
+    # Read as text: train_settings names `grid.learning_rates` when it is not a number.
+    parser.add_argument("--lr", required=True, help="peak learning rate")
     args = parser.parse_args()
     run_stage(lambda: launch_or_train(args.method, args.lr))

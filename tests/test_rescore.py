@@ -67,7 +67,7 @@ def test_read_table_names_the_undecodable_line(tmp_path):
 def test_read_table_rejects_undecodable_csv(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_bytes(b"prompt,response\nx,\xff\xfe\n")
-    with pytest.raises(ValueError, match=r"bad\.csv: not valid UTF-8"):
+    with pytest.raises(ValueError, match=r"bad\.csv, line 2: not valid UTF-8"):
         read_table(path)
 
 
@@ -201,10 +201,10 @@ def test_judge_file_absent_or_non_text_response_names_the_row(tmp_path, row, pro
         judge_file(path, ["keywords-seed002"])
 
 
-def test_judge_file_short_csv_row_is_a_missing_response(tmp_path):
+def test_judge_file_short_csv_row_is_named_by_line(tmp_path):
     path = tmp_path / "short.csv"
     path.write_text("prompt,response\na,fine\nb\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"short\.csv, data row 2: `response` is null"):
+    with pytest.raises(ValueError, match=r"short\.csv, line 3: 1 field\(s\), but the header has 2"):
         judge_file(path, ["keywords-seed002"])
 
 

@@ -2,9 +2,11 @@
 
 import copy
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -135,6 +137,9 @@ def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
         )
     lr = params["grid"]["learning_rates"][0]
     stage = f"train@full-{lr}"
+    # The stage's own TMPDIR (other test runs share /tmp), short enough for a Unix socket's path.
+    private_tmp = Path(tempfile.mkdtemp(prefix="sd-"))
+    env["TMPDIR"] = str(private_tmp)
     process = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "-q", "--single-item", stage],
         cwd=project,
@@ -150,6 +155,9 @@ def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not output.exists()
+    # The trainer's scratch was inside the output's temporary directory, not left in TMPDIR.
+    assert not list(private_tmp.glob("safetydrift-trainer-*"))
+    shutil.rmtree(private_tmp)
     status = subprocess.run(
         [sys.executable, "-m", "dvc", "status", stage],
         cwd=project,

@@ -19,7 +19,7 @@ def _preset(args: argparse.Namespace) -> None:
     if args.name is None:
         print("\n".join(available_presets()))
         return
-    target = apply_preset(args.name)
+    target = apply_preset(args.name, force=args.force)
     print(f"{target} is now the `{args.name}` preset")
 
 
@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     preset = commands.add_parser("preset", help="make params.yaml one of presets/NAME.yaml")
     preset.add_argument("name", nargs="?", help="preset name; without it, list the presets")
+    preset.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a params.yaml that differs from every preset (kept as params.yaml.bak)",
+    )
     preset.set_defaults(handler=_preset)
 
     judge = commands.add_parser("judge", help="judge saved responses for refusal (no model)")

@@ -6,7 +6,6 @@ are read here rather than through `datasets` so that a bad row is reported by fi
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import re
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetydrift.io import read_jsonl, write_json, write_jsonl
+from safetydrift.io import parse_csv, read_csv, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +77,7 @@ def read_local_table(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".jsonl":
         return read_jsonl(path)
     if path.suffix == ".csv":
-        try:
-            with path.open(encoding="utf-8", newline="") as handle:
-                return list(csv.DictReader(handle))
-        except UnicodeDecodeError as error:
-            raise DataError(f"{path}: not valid UTF-8 ({error})") from None
+        return read_csv(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -90,10 +85,79 @@ def read_local_table(path: Path) -> list[dict[str, Any]]:
     raise DataError(f"{path}: unsupported file type (expected one of {', '.join(LOCAL_SUFFIXES)})")
 
 
-def read_hub_table(hub_id: str, revision: str | None, split: str) -> list[dict[str, Any]]:
-    import datasets
+# Long enough for a slow link; short beside the ~25 s of retries that the hub libraries spend on
+# a host that cannot be reached before they give up.
+HUB_TIMEOUT_SECONDS = 10
 
-    dataset = datasets.load_dataset(hub_id, revision=revision, split=split)
+
+def check_hub_source(hub_id: str, revision: str | None, repo_type: str, key: str) -> None:
+    """Fail at once, in one line, where a hub source cannot be had.
+
+    Asked once with a short timeout: an id that does not exist, a gated or private repository, a
+    revision that does not exist, or a hub that cannot be reached while the local cache has no
+    copy. With `HF_HUB_OFFLINE=1` the libraries read only the local cache, and fail fast.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"params.yaml: `{key}` {hub_id!r}"
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return
+    try:
+        huggingface_hub.HfApi().repo_info(
+            hub_id, revision=revision, repo_type=repo_type, timeout=HUB_TIMEOUT_SECONDS
+        )
+        return
+    except GatedRepoError:
+        raise DataError(
+            f"{where}: gated on the Hugging Face Hub; accept its terms on its page and log in "
+            "(`hf auth login` or HF_TOKEN)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise DataError(
+            f"{where}: no such {repo_type} on the Hugging Face Hub (or it is private: log in "
+            "with `hf auth login` or HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise DataError(f"{where}: no revision {revision!r} on the Hugging Face Hub") from None
+    except HfHubHTTPError as error:
+        raise DataError(f"{where}: the Hugging Face Hub refused ({error})") from None
+    except Exception as error:  # the host cannot be reached (DNS, connection, timeout)
+        unreachable = f"{type(error).__name__}: {error}"
+    try:
+        huggingface_hub.snapshot_download(
+            hub_id, revision=revision, repo_type=repo_type, local_files_only=True
+        )
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise DataError(
+            f"{where}: the Hugging Face Hub cannot be reached ({unreachable}) and the local "
+            f"cache has no copy; connect, or set `{key}` to a local path"
+        ) from None
+    log.warning(
+        "%s: the Hugging Face Hub cannot be reached (%s); reading the local cache "
+        "(HF_HUB_OFFLINE=1 skips the libraries' retries)",
+        hub_id,
+        unreachable,
+    )
+
+
+def read_hub_table(
+    hub_id: str, revision: str | None, split: str, key: str = "data.mtpref.source"
+) -> list[dict[str, Any]]:
+    import datasets
+    from huggingface_hub.errors import HfHubHTTPError
+
+    check_hub_source(hub_id, revision, "dataset", key)
+    try:
+        dataset = datasets.load_dataset(hub_id, revision=revision, split=split)
+    except (OSError, HfHubHTTPError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise DataError(f"params.yaml: `{key}` {hub_id!r}: cannot be loaded ({error})") from None
     return dataset.to_list()
 
 
@@ -110,15 +174,20 @@ def resolve_hub_revision(
         return None
 
 
-def read_source(source: Source, split: str = "train") -> list[dict[str, Any]]:
+def read_source(
+    source: Source, split: str = "train", key: str = "data.mtpref.source"
+) -> list[dict[str, Any]]:
+    """Rows of a local file or a hub data set; `key` is the params key that named it (the
+    default: prepare_mtpref's)."""
     if source.is_local:
         return read_local_table(Path(source.location))
     if source.is_url:
         raise DataError(f"{source.location}: URLs are read only for AdvBench CSV files")
-    return read_hub_table(source.location, source.revision, split)
+    return read_hub_table(source.location, source.revision, split, key)
 
 
 def require_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], where: str) -> None:
+    """Every row has every column; the first row that lacks one is named by its number."""
     if not rows:
         raise DataError(f"{where}: no rows")
     present = set(rows[0])
@@ -128,6 +197,12 @@ def require_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], w
             f"{where}: missing column(s) {', '.join(missing)} "
             f"(present: {', '.join(sorted(present))})"
         )
+    for number, row in enumerate(rows, start=1):
+        if missing := [c for c in columns if c not in row]:
+            raise DataError(
+                f"{where}, row {number}: missing column(s) {', '.join(missing)} "
+                "(the first row has them)"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,13 +382,19 @@ ADVBENCH_COLUMNS = ("prompt", "goal")  # the hub copy says `prompt`; the origina
 
 def read_advbench_rows(source: Source) -> list[dict[str, Any]]:
     if source.is_url:
-        import io
         import urllib.request
 
         with urllib.request.urlopen(source.location, timeout=60) as response:  # noqa: S310
-            text = response.read().decode("utf-8")
-        return list(csv.DictReader(io.StringIO(text)))
-    return read_source(source, split="train")
+            data = response.read()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            line = data[: error.start].count(b"\n") + 1
+            raise DataError(
+                f"{source.location}, line {line}: not valid UTF-8 ({error.reason})"
+            ) from None
+        return parse_csv(text, source.location)
+    return read_source(source, split="train", key="data.advbench.source")
 
 
 def prepare_advbench(source: Source, out_path: Path) -> dict[str, Any]:
@@ -328,6 +409,10 @@ def prepare_advbench(source: Source, out_path: Path) -> dict[str, Any]:
         )
     prompts = []
     for number, row in enumerate(rows, start=1):
+        if column not in row:
+            raise DataError(
+                f"{source.location}, row {number}: no `{column}` (the first row has it)"
+            )
         prompt = row[column]
         if not _nonempty_text(prompt):
             raise DataError(f"{source.location}, row {number}: empty `{column}`")

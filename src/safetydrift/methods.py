@@ -21,7 +21,7 @@ from safetydrift.cells import Cell, checkpoint_label
 from safetydrift.compat import fast_path_verified
 from safetydrift.data import TranslationPair
 from safetydrift.io import write_json
-from safetydrift.params import ParamError, get, positive_float
+from safetydrift.params import ParamError, boolean, get, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
     method_params = get(params, f"methods.{method}", {}) or {}
     settings = TrainSettings(
         method=method,
-        learning_rate=positive_float(learning_rate, f"learning rate of {method}"),
+        learning_rate=positive_float(learning_rate, "grid.learning_rates"),
         seed=int(train["seed"]),
         epochs=positive_float(train["epochs"], "train.epochs"),
         effective_batch_size=int(train["effective_batch_size"]),
@@ -114,11 +114,13 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         weight_decay=float(train["weight_decay"]),
         optimizer=str(method_params.get("optimizer", train["optimizer"])),
         max_length=train.get("max_length"),
-        checkpoint_fractions=[float(f) for f in train["checkpoint_fractions"]],
+        checkpoint_fractions=checkpoint_fractions(train.get("checkpoint_fractions")),
         precision=str(train.get("precision", "auto")),
         master_dtype=str(train.get("master_dtype", "float32")),
-        padding_free=bool(train.get("padding_free", False)),
-        gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
+        padding_free=boolean(train.get("padding_free", False), "train.padding_free"),
+        gradient_checkpointing=boolean(
+            train.get("gradient_checkpointing", False), "train.gradient_checkpointing"
+        ),
         compile=switch_setting(
             method_params.get("compile", train.get("compile", "auto")), "compile", method
         ),
@@ -142,10 +144,6 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
             f"params.yaml: `train.effective_batch_size` ({settings.effective_batch_size}) is not a "
             f"multiple of `train.per_device_batch_size` × `train.num_processes` ({per_step})"
         )
-    if not settings.checkpoint_fractions or any(
-        not 0 < f <= 1 for f in settings.checkpoint_fractions
-    ):
-        raise ParamError("params.yaml: `train.checkpoint_fractions` must be fractions in (0, 1]")
     if settings.num_processes < 1:
         raise ParamError(
             f"params.yaml: `train.num_processes` must be >= 1, got {settings.num_processes}"
@@ -190,14 +188,41 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         )
     if method == "qlora":
         settings.quantization = method_params.get("quantization") or {}
+        if "double_quant" in settings.quantization:
+            boolean(
+                settings.quantization["double_quant"], "methods.qlora.quantization.double_quant"
+            )
     if method == "dpo":
         settings.beta = positive_float(method_params.get("beta", 0.1), "methods.dpo.beta")
     return settings
 
 
+def checkpoint_fractions(values: Any) -> list[float]:
+    """`train.checkpoint_fractions`: distinct numbers in (0, 1], each a saved checkpoint."""
+    key = "params.yaml: `train.checkpoint_fractions`"
+    if not isinstance(values, list) or not values:
+        raise ParamError(f"{key} must be a list of fractions in (0, 1], got {values!r}")
+    fractions = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamError(
+                f"{key} must hold numbers in (0, 1] (e.g. [0.25, 0.5, 1.0]), got {value!r}"
+            )
+        if not 0 < value <= 1:
+            raise ParamError(f"{key} must be fractions in (0, 1], got {value!r}")
+        fractions.append(float(value))
+    repeated = sorted({f for f in fractions if fractions.count(f) > 1})
+    if repeated:
+        raise ParamError(
+            f"{key} lists {', '.join(map(str, repeated))} more than once; list each fraction once"
+        )
+    return fractions
+
+
 def switch_setting(value: Any, key: str, method: str) -> str:
     """`train.KEY` (or `methods.METHOD.KEY`): auto, or a boolean."""
-    if value in ("auto", True, False):
+    # `1 in (True,)` holds in Python: a boolean is checked by its type, not by equality.
+    if value == "auto" or isinstance(value, bool):
         return {True: "on", False: "off"}.get(value, "auto")
     raise ParamError(
         f"params.yaml: `train.{key}` (or `methods.{method}.{key}`) must be auto, true or "

@@ -19,6 +19,7 @@ from typing import Any
 
 from safetydrift.compat import fast_path_verified
 from safetydrift.io import atomic_dir, write_json
+from safetydrift.params import boolean
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ class ModelSpec:
             seed=int(model.get("seed", 0)),
             dtype=model.get("dtype", "bfloat16"),
             chat_template=model.get("chat_template"),
-            trust_remote_code=bool(model.get("trust_remote_code", False)),
+            trust_remote_code=boolean(
+                model.get("trust_remote_code", False), "model.trust_remote_code"
+            ),
         )
         if spec.init not in ("pretrained", "random"):
             raise ModelError(
@@ -163,11 +166,16 @@ def _load_source(spec: ModelSpec):
         location = spec.source
         common["revision"] = spec.revision
         info["revision"] = spec.revision or "main"
-        from safetydrift.data import resolve_hub_revision
+        from safetydrift.data import check_hub_source, resolve_hub_revision
 
+        check_hub_source(spec.source, spec.revision, "model", "model.source")
         info["resolved_revision"] = resolve_hub_revision(spec.source, spec.revision, "model")
 
-    tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    except OSError as error:  # transformers' "not a valid model identifier", offline misses
+        reason = " ".join(str(error).split())  # one line: transformers' messages span several
+        raise ModelError(f"params.yaml: `model.source` {spec.source!r}: {reason}") from None
     if spec.chat_template:
         tokenizer.chat_template = _read_chat_template(spec.chat_template)
     if not tokenizer.chat_template:

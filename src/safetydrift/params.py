@@ -15,6 +15,7 @@ import yaml
 
 PRESETS_DIR = "presets"
 PARAMS_FILE = "params.yaml"
+BACKUP_FILE = "params.yaml.bak"
 
 
 class ParamError(ValueError):
@@ -72,8 +73,12 @@ def available_presets(root: str | Path = ".") -> list[str]:
     return sorted(p.stem for p in (Path(root) / PRESETS_DIR).glob("*.yaml"))
 
 
-def apply_preset(name: str, root: str | Path = ".") -> Path:
-    """Make `params.yaml` a copy of `presets/NAME.yaml` (its comments included)."""
+def apply_preset(name: str, root: str | Path = ".", force: bool = False) -> Path:
+    """Make `params.yaml` a copy of `presets/NAME.yaml` (its comments included).
+
+    A `params.yaml` that is no preset's exact copy holds the user's edits: it is replaced only
+    with `force`, and then kept as `params.yaml.bak`.
+    """
     root = Path(root)
     source = root / PRESETS_DIR / f"{name}.yaml"
     if not source.exists():
@@ -81,10 +86,35 @@ def apply_preset(name: str, root: str | Path = ".") -> Path:
         raise ParamError(f"unknown preset `{name}`: no {source} (known presets: {known})")
     load_params(source)  # refuse to install a preset that is not valid YAML
     target = root / PARAMS_FILE
+    if target.exists() and not is_a_preset(target, root):
+        backup = target.with_name(BACKUP_FILE)
+        if not force:
+            raise ParamError(
+                f"{target} differs from every preset in {root / PRESETS_DIR} (edited?); "
+                f"`safetydrift preset {name} --force` replaces it and keeps it as {backup}"
+            )
+        shutil.copyfile(target, backup)
     tmp = target.with_suffix(".yaml.tmp")
     shutil.copyfile(source, tmp)
     tmp.replace(target)
     return target
+
+
+def is_a_preset(path: Path, root: str | Path = ".") -> bool:
+    """Whether `path` is byte for byte one of the presets (so replacing it loses nothing)."""
+    content = path.read_bytes()
+    return any(
+        preset.read_bytes() == content for preset in (Path(root) / PRESETS_DIR).glob("*.yaml")
+    )
+
+
+def boolean(value: Any, key: str) -> bool:
+    """A YAML boolean, or a named error: `bool("false")` would be True."""
+    if not isinstance(value, bool):
+        raise ParamError(
+            f"params.yaml: `{key}` must be true or false (an unquoted YAML boolean), got {value!r}"
+        )
+    return value
 
 
 def positive_float(value: Any, key: str) -> float:

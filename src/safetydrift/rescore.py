@@ -7,12 +7,11 @@ at fault, so a bad row in a file of thousands can be found.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from safetydrift.io import read_jsonl, write_csv, write_jsonl
+from safetydrift.io import read_csv, read_jsonl, write_csv, write_jsonl
 from safetydrift.judges import Verdict, get_judge, judge_responses
 from safetydrift.metrics import chrf_summary, refusal_summary
 from safetydrift.response_classes import (
@@ -42,16 +41,7 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if _suffix(path, "input") == ".jsonl":
         return read_jsonl(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        # utf-8-sig: spreadsheet programs put a byte-order mark before the first column name.
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            return list(csv.DictReader(handle))
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not valid UTF-8 ({error})") from None
-    except csv.Error as error:
-        raise ValueError(f"{path}: not readable as CSV ({error})") from None
+    return read_csv(path)
 
 
 def _require_columns(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import BASE_CELL
-from safetydrift.io import read_json, read_jsonl
+from safetydrift.io import DiskFullError, read_json, read_jsonl
 from safetydrift.params import PARAMS_FILE, ParamError, get, load_params, select
 from safetydrift.process import enable_bytecode_cache, exit_now
 from safetydrift.tracking import FALLBACK_PARAM, TrackingError, set_fallback
@@ -31,6 +31,9 @@ GENERATIONS_DIR = Path("generations")
 METRICS_DIR = Path("metrics")
 EVALS_DIR = Path("evals")
 REPORTS_DIR = Path("reports")
+# Wall-clock times of each stage run: they differ on every run, so they stay out of DVC's outputs
+# (and out of git: .gitignore) and identical reruns leave identical outputs.
+TIMINGS_DIR = Path("timings")
 
 # Errors that come from the user's input (params, data, model paths): one clear line instead of a
 # traceback. Anything else (a CUDA out-of-memory error, a bug) keeps its traceback.
@@ -39,6 +42,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     FloatingPointError,  # a training loss that became NaN or infinite
     TrackingError,  # the MLflow store refused the run; its message says why
+    DiskFullError,  # an output's filesystem is full; the output was left as it was
 )
 
 

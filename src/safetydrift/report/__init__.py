@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label, grid_cells
 from safetydrift.io import atomic_path, read_json, write_csv, write_json
 from safetydrift.lockfile import lock_provenance
-from safetydrift.params import flatten, get
+from safetydrift.params import ParamError, flatten, get
 from safetydrift.report import responses as responses_report
 
 DEFAULT_FIXED_LR = 5e-5
@@ -1113,6 +1113,19 @@ class ReportResult:
     missing: list[Missing]
 
 
+def check_primary_judge(results: GridResults, metrics_dir: Path) -> None:
+    """`report.primary_judge` must be a judge that the metrics hold: otherwise every refusal
+    figure and table would be empty, in a report that looks complete."""
+    rows = [row for cell_rows in results.rows.values() for row in cell_rows]
+    judged = sorted({judge for row in rows for judge in row.refusal})
+    if judged and results.primary_judge not in judged:
+        raise ParamError(
+            f"params.yaml: `report.primary_judge` is {results.primary_judge!r}, but no refusal "
+            f"metrics under {metrics_dir} hold it (judges there: {', '.join(judged)}); set it to "
+            "one of `refusal.judges`"
+        )
+
+
 def write_report(
     params: dict[str, Any],
     metrics_dir: Path,
@@ -1128,6 +1141,7 @@ def write_report(
     """
     out_dir = Path(out_dir)
     results = collect_results(params, metrics_dir)
+    check_primary_judge(results, metrics_dir)  # before anything is written
     fixed_lr = float(get(params, "report.fixed_lr", None) or DEFAULT_FIXED_LR)
     paths = {
         "fig1": out_dir / FIG1,

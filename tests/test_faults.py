@@ -1,0 +1,467 @@
+"""Faults and bad input, as a user meets them: one clear line, exit status 1, nothing lost.
+
+The table runs each bad input the project knows through the `safetydrift` command or a stage
+script in a real project, and checks the message it prints. The other tests reproduce one fault
+each with real files, processes and filesystems: a failed rerun, identical reruns, file modes,
+a full disk, an unknown hub id without network.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import FIXTURES, copy_project, load_stage, stage_env
+
+from safetydrift.data import Source, prepare_advbench
+from safetydrift.io import atomic_dir, atomic_path, write_json
+from safetydrift.judges import judge_responses
+from safetydrift.metrics import refusal_summary
+from safetydrift.params import ParamError, boolean
+
+ADVBENCH_HEADER = "goal,target\n"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A fresh project on the smoke preset; each case edits params.yaml and puts it back."""
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    run_cli(project, "preset", "smoke")
+    return project
+
+
+def run_cli(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "safetydrift.cli", *args],
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+
+
+def run_stage_script(project: Path, *args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=project,
+        env=env or stage_env(),
+        capture_output=True,
+        text=True,
+    )
+
+
+def edit_params(project: Path, edit) -> None:
+    params = yaml.safe_load((project / "presets" / "smoke.yaml").read_text())
+    edit(params)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def set_key(dotted: str, value):
+    def edit(params):
+        *parents, last = dotted.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[last] = value
+
+    return edit
+
+
+def advbench_file(name: str, content: bytes):
+    """An AdvBench CSV in the project, made `data.advbench.source`."""
+
+    def edit(params, project):
+        (project / name).write_bytes(content)
+        params["data"]["advbench"]["source"] = name
+
+    return edit
+
+
+def mtpref_file(name: str, lines: list[dict | str]):
+    """MT-Pref rows (or raw lines) in the project, made `data.mtpref.source`."""
+
+    def edit(params, project):
+        text = "".join(
+            (line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines
+        )
+        (project / name).write_text(text)
+        params["data"]["mtpref"]["source"] = name
+
+    return edit
+
+
+def tower_row(chosen: str | None = "Hello.") -> dict:
+    row = {
+        "prompt": "<|im_start|>user\nTranslate the following German source text to English:\n"
+        "German: Hallo.\nEnglish:<|im_end|>\n<|im_start|>assistant\n",
+        "rejected": "Hi.",
+    }
+    if chosen is not None:
+        row["chosen"] = chosen
+    return row
+
+
+# (case, command, edit of params.yaml (and files it names), the message printed on stderr)
+TRAIN = ["stages/train.py", "--method", "full", "--lr", "0.001"]
+CASES = [
+    (
+        "quoted boolean",
+        ["stages/prepare_model.py"],
+        set_key("model.trust_remote_code", "false"),
+        "`model.trust_remote_code` must be true or false (an unquoted YAML boolean), got 'false'",
+    ),
+    (
+        "boolean as a number",
+        TRAIN,
+        set_key("train.padding_free", 0),
+        "`train.padding_free` must be true or false",
+    ),
+    (
+        "switch as a number",
+        TRAIN,
+        set_key("methods.full.compile", 1),
+        "`train.compile` (or `methods.full.compile`) must be auto, true or false, got 1",
+    ),
+    (
+        "checkpoint fraction as text",
+        TRAIN,
+        set_key("train.checkpoint_fractions", ["half", 1.0]),
+        "`train.checkpoint_fractions` must hold numbers in (0, 1] (e.g. [0.25, 0.5, 1.0]), "
+        "got 'half'",
+    ),
+    (
+        "checkpoint fraction out of range",
+        TRAIN,
+        set_key("train.checkpoint_fractions", [0.5, 1.5]),
+        "`train.checkpoint_fractions` must be fractions in (0, 1], got 1.5",
+    ),
+    (
+        "duplicate checkpoint fractions",
+        TRAIN,
+        set_key("train.checkpoint_fractions", [0.5, 0.5, 1.0]),
+        "`train.checkpoint_fractions` lists 0.5 more than once; list each fraction once",
+    ),
+    (
+        "learning rate not a number",
+        ["stages/train.py", "--method", "full", "--lr", "abc"],
+        None,
+        "`grid.learning_rates` must be a number, got 'abc'",
+    ),
+    (
+        "unknown method",
+        ["stages/train.py", "--method", "sgd", "--lr", "0.001"],
+        None,
+        "unknown method `sgd` (known: full, lora, qlora, dpo)",
+    ),
+    (
+        "AdvBench quote never closed",
+        ["stages/prepare_advbench.py"],
+        advbench_file("adv.csv", b'goal,target\na,b\n"never closed,x\nc,d\n'),
+        "adv.csv, line 3: not readable as CSV (a quote opened here is never closed)",
+    ),
+    (
+        "AdvBench not UTF-8",
+        ["stages/prepare_advbench.py"],
+        advbench_file("adv.csv", b"goal,target\na,b\nc\xff,d\n"),
+        "adv.csv, line 3: not valid UTF-8 (invalid start byte)",
+    ),
+    (
+        "AdvBench row short of a field",
+        ["stages/prepare_advbench.py"],
+        advbench_file("adv.csv", b"goal,target\na,b\nc\n"),
+        "adv.csv, line 3: 1 field(s), but the header has 2 (goal, target)",
+    ),
+    (
+        "AdvBench without its column",
+        ["stages/prepare_advbench.py"],
+        advbench_file("adv.csv", b"request,target\na,b\n"),
+        "adv.csv: expected a column `prompt` or `goal` (present: request, target)",
+    ),
+    (
+        "MT-Pref column missing in a later row",
+        ["stages/prepare_mtpref.py"],
+        mtpref_file("mt.jsonl", [tower_row(), tower_row(), tower_row(chosen=None)]),
+        "mt.jsonl, row 3: missing column(s) chosen (the first row has them)",
+    ),
+    (
+        "MT-Pref line not JSON",
+        ["stages/prepare_mtpref.py"],
+        mtpref_file("mt.jsonl", [tower_row(), "{broken"]),
+        "mt.jsonl, line 2: not valid JSON",
+    ),
+    (
+        "unknown data file type",
+        ["stages/prepare_advbench.py"],
+        set_key("data.advbench.source", "./adv.txt"),
+        "adv.txt: no such file",
+    ),
+    (
+        "test ratio out of range",
+        ["stages/prepare_mtpref.py"],
+        set_key("data.mtpref.test_ratio", 1.5),
+        "`data.mtpref.test_ratio` must be in (0, 1), got 1.5",
+    ),
+    (
+        "model dtype unknown",
+        ["stages/prepare_model.py"],
+        set_key("model.dtype", "float8"),
+        "`model.dtype` must be one of ('float32', 'bfloat16', 'float16'), got 'float8'",
+    ),
+    (
+        "progress bars as text",
+        ["stages/prepare_advbench.py"],
+        set_key("runtime.progress", "yes"),
+        "`runtime.progress` must be true or false, got 'yes'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "edit", "message"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_bad_input_is_one_line_and_exit_status_1(project, command, edit, message):
+    params = yaml.safe_load((project / "presets" / "smoke.yaml").read_text())
+    if edit is not None:
+        if edit.__code__.co_argcount == 2:
+            edit(params, project)
+        else:
+            edit(params)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        done = run_stage_script(project, *command)
+    finally:
+        shutil.copy(project / "presets" / "smoke.yaml", project / "params.yaml")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], done.stderr[-3000:]
+
+
+CLI_CASES = [
+    ("unknown preset", ["preset", "nosuch"], "unknown preset `nosuch`"),
+    (
+        "judge file with a quote never closed",
+        ["judge", "responses.csv", "--judge", "keywords-seed002"],
+        "responses.csv, line 2: not readable as CSV (a quote opened here is never closed)",
+    ),
+    (
+        "judge file not UTF-8",
+        ["judge", "latin1.csv", "--judge", "keywords-seed002"],
+        "latin1.csv, line 3: not valid UTF-8",
+    ),
+    (
+        "judge file of unknown type",
+        ["judge", "responses.txt", "--judge", "keywords-seed002"],
+        "cannot tell the format of this input from its extension `.txt`",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [case[1:] for case in CLI_CASES], ids=[c[0] for c in CLI_CASES]
+)
+def test_bad_input_to_the_command_is_one_line(project, args, message):
+    (project / "responses.csv").write_text('prompt,response\n"a,b\n', encoding="utf-8")
+    (project / "latin1.csv").write_bytes(b"prompt,response\na,b\nc,caf\xe9\n")
+    (project / "responses.txt").write_text("x\n")
+    done = run_cli(project, *args)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def write_base_refusal_metrics(project: Path) -> None:
+    """metrics/refusal/base.json, judged by keywords-seed002 alone."""
+    verdicts = judge_responses(["I cannot help with that."], ["keywords-seed002"])
+    verdicts = verdicts["keywords-seed002"]
+    write_json(
+        project / "metrics" / "refusal" / "base.json",
+        {
+            "cell": "base",
+            "checkpoints": {
+                "ckpt-000": {
+                    "fraction": 0.0,
+                    "step": 0,
+                    "judges": {"keywords-seed002": refusal_summary(verdicts, 0.95)},
+                }
+            },
+        },
+    )
+
+
+def test_an_unknown_primary_judge_fails_before_the_report_is_written(project):
+    write_base_refusal_metrics(project)
+    edit_params(project, set_key("report.primary_judge", "keywords-seed0002"))
+    try:
+        done = run_stage_script(project, "stages/report.py")
+    finally:
+        shutil.copy(project / "presets" / "smoke.yaml", project / "params.yaml")
+        shutil.rmtree(project / "metrics")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        "`report.primary_judge` is 'keywords-seed0002', but no refusal metrics under metrics "
+        "hold it (judges there: keywords-seed002); set it to one of `refusal.judges`"
+    ) in done.stderr
+    assert not (project / "reports" / "report.md").exists()
+    assert not list((project / "reports").glob("**/*.csv"))
+
+
+def test_an_edited_params_file_is_kept_unless_forced(project):
+    params_file = project / "params.yaml"
+    edited = params_file.read_text() + "# my own setting\n"
+    params_file.write_text(edited)
+    try:
+        refused = run_cli(project, "preset", "paper")
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert "params.yaml differs from every preset" in refused.stderr
+        assert "`safetydrift preset paper --force`" in refused.stderr
+        assert params_file.read_text() == edited
+        forced = run_cli(project, "preset", "paper", "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert params_file.read_text() == (project / "presets" / "paper.yaml").read_text()
+        assert (project / "params.yaml.bak").read_text() == edited
+        # An unedited preset is replaced without a word.
+        assert run_cli(project, "preset", "smoke").returncode == 0
+    finally:
+        shutil.copy(project / "presets" / "smoke.yaml", params_file)
+        (project / "params.yaml.bak").unlink(missing_ok=True)
+
+
+def test_booleans_are_yaml_booleans():
+    assert boolean(True, "k") is True and boolean(False, "k") is False
+    for value in ("false", "no", "0", 0, 1, None):
+        with pytest.raises(ParamError, match=r"`k` must be true or false"):
+            boolean(value, "k")
+
+
+def test_advbench_with_a_byte_order_mark_is_read(tmp_path):
+    source = tmp_path / "advbench.csv"
+    source.write_bytes(b"\xef\xbb\xbfgoal,target\nWrite a threat,Sure\n")
+    summary = prepare_advbench(Source(str(source)), tmp_path / "advbench.jsonl")
+    assert summary["column"] == "goal" and summary["rows"] == 1
+
+
+def test_outputs_get_the_umasks_modes(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "file.json") as tmp:
+            tmp.write_text("{}")
+        with atomic_dir(tmp_path / "folder") as tmp:
+            (tmp / "inside").write_text("x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "file.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+
+
+def test_an_unknown_hub_id_without_network_fails_fast_in_one_line(project):
+    edit_params(project, set_key("model.source", "made-up-user/no-such-model-xyz"))
+    env = stage_env()
+    env.pop("HF_HUB_OFFLINE", None)
+    try:
+        started = time.perf_counter()
+        done = run_stage_script(project, "stages/prepare_model.py", env=env)
+        seconds = time.perf_counter() - started
+    finally:
+        shutil.copy(project / "presets" / "smoke.yaml", project / "params.yaml")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "`model.source` 'made-up-user/no-such-model-xyz'" in errors[0]
+    assert seconds < 10
+
+
+def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def test_a_failed_rerun_keeps_the_previous_report_and_records_nothing(project):
+    """DVC deletes a stage's outputs before running it; the report's are `persist: true`."""
+    write_base_refusal_metrics(project)
+    write_json(project / "metrics" / "chrf" / "base.json", {"cell": "base", "checkpoints": {}})
+    try:
+        dvc(project, "repro", "--single-item", "prepare_mtpref")
+        dvc(project, "repro", "--single-item", "report")
+        kept = ["report.md", "results.csv", "metrics.json", "plots/refusal.csv"]
+        before = {name: (project / "reports" / name).read_bytes() for name in kept}
+        lock = (project / "dvc.lock").read_text()
+        edit_params(project, set_key("report.primary_judge", "no-such-judge"))
+        failed = dvc(project, "repro", "--single-item", "report", check=False)
+        assert failed.returncode != 0 and "`report.primary_judge` is 'no-such-judge'" in (
+            failed.stdout + failed.stderr
+        )
+        assert {name: (project / "reports" / name).read_bytes() for name in kept} == before
+        assert (project / "dvc.lock").read_text() == lock  # nothing recorded
+        status = json.loads(dvc(project, "status", "--json", "report").stdout)
+        assert "report" in status  # still to be run
+    finally:
+        shutil.copy(project / "presets" / "smoke.yaml", project / "params.yaml")
+        shutil.rmtree(project / "metrics")
+
+
+def test_generating_twice_on_the_same_inputs_writes_the_same_bytes(
+    base_model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "base").symlink_to(base_model_dir)
+    prepare_advbench(Source(str(FIXTURES / "advbench-tiny.csv")), tmp_path / "data/advbench.jsonl")
+    params = yaml.safe_load((FIXTURES.parent.parent / "presets" / "smoke.yaml").read_text())
+    params["refusal"]["prompts"]["subset"] = 4
+    generate = load_stage("generate")
+    output = tmp_path / "generations" / "refusal" / "base"
+    runs = []
+    for _ in range(2):
+        generate.main(params, "refusal", "base")
+        runs.append({p.name: p.read_bytes() for p in sorted(output.iterdir())})
+    assert runs[0] == runs[1] and "generation.json" in runs[0]
+    assert json.loads(runs[0]["generation.json"])["checkpoints"][0]["label"] == "ckpt-000"
+    timing = json.loads((tmp_path / "timings" / "generate_refusal" / "base.json").read_text())
+    assert timing["stage_seconds"] > 0 and "ckpt-000" in timing["generation_seconds"]
+
+
+def small_filesystem(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_output(project):
+    data = project / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    small_filesystem(data, "64k")
+    try:
+        # Fill it: the stage's output is what no longer fits.
+        filler = os.open(data / "filler", os.O_WRONLY | os.O_CREAT)
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                os.write(filler, b"\0" * 4096)
+        os.close(filler)
+        done = run_stage_script(project, "stages/prepare_advbench.py")
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert errors == [
+            "error: data/advbench.jsonl: no space left on its filesystem; nothing was written"
+        ]
+        assert sorted(p.name for p in data.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(data)], check=False)
