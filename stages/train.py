@@ -29,7 +29,7 @@ from safetydrift.stage import (
     study_name,
 )
 
-PARAMS = ["train", "methods.{method}"]
+PARAMS = ["train", "methods.{method}", "prompt"]
 
 
 def main(params: dict[str, Any], method: str, learning_rate: float) -> dict[str, Any]:
