@@ -23,7 +23,7 @@ from safetydrift.generation import (
     list_checkpoints,
 )
 from safetydrift.io import atomic_dir, write_json, write_jsonl
-from safetydrift.models import default_device
+from safetydrift.models import PromptFormat, default_device
 from safetydrift.params import get, load_params
 from safetydrift.process import process_age_seconds
 from safetydrift.stage import (
@@ -40,8 +40,8 @@ from safetydrift.stage import (
 )
 
 PARAMS = {
-    "refusal": ["generation", "refusal.prompts"],
-    "chrf": ["generation", "chrf.prompts"],
+    "refusal": ["generation", "prompt", "refusal.prompts"],
+    "chrf": ["generation", "prompt", "chrf.prompts"],
 }
 
 
@@ -51,17 +51,22 @@ def cell_checkpoints(cell: str):
     return list_checkpoints(MODELS_DIR / cell)
 
 
-def measurement_prompts(params: dict[str, Any], measurement: str):
+def measurement_prompts(params: dict[str, Any], measurement: str, cell: str = ""):
     """(ids, conversations, references) of the refusal or chrF prompts, as params frame them."""
     prompts = PromptSettings.from_params(get(params, f"{measurement}.prompts", {}))
+    base = cell == BASE_CELL
     if measurement == "refusal":
         rows = prompts.select(read_advbench(ADVBENCH_FILE))
-        return [r["id"] for r in rows], [prompts.conversation(r["prompt"]) for r in rows], None
+        return (
+            [r["id"] for r in rows],
+            [prompts.conversation(r["prompt"], base) for r in rows],
+            None,
+        )
     pairs = read_pairs(MTPREF_DIR / "test.jsonl")
     indexed = prompts.select([{"id": i, "pair": p} for i, p in enumerate(pairs)])
     return (
         [r["id"] for r in indexed],
-        [prompts.conversation(r["pair"].source_text) for r in indexed],
+        [prompts.conversation(r["pair"].source_text, base) for r in indexed],
         [r["pair"].chosen for r in indexed],
     )
 
@@ -70,8 +75,9 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
     startup_seconds = process_age_seconds()  # interpreter start and imports, before any work
     started = time.perf_counter()
     settings = GenerationSettings.from_params(get(params, "generation"))
+    prompt_format = PromptFormat.from_params(get(params, "prompt", None))
     checkpoints = cell_checkpoints(cell)
-    ids, conversations, references = measurement_prompts(params, measurement)
+    ids, conversations, references = measurement_prompts(params, measurement, cell)
     stage = f"generate_{measurement}"
     timings: dict[str, float] = {}
     load_timings: dict[str, float] = {}
@@ -88,7 +94,7 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
         device = default_device()
         import_seconds = elapsed(importing)
         for result in generate_for_checkpoints(
-            BASE_MODEL_DIR, checkpoints, conversations, ids, settings, device
+            BASE_MODEL_DIR, checkpoints, conversations, ids, settings, device, prompt_format
         ):
             rows = result.rows
             if references is not None:

@@ -18,12 +18,13 @@ def main(params: dict[str, Any], out_dir: Path = MTPREF_DIR) -> dict[str, Any]:
     ) as run:
         stats = prepare_mtpref(
             Source(str(mtpref["source"]), mtpref.get("revision")),
-            split=str(mtpref.get("split", "train")),
-            languages=list(mtpref["languages"]),
+            split=str(mtpref.get("hub_split", "train")),
+            languages=mtpref["languages"],
             target_language=str(mtpref.get("target_language", "english")),
             test_ratio=float(mtpref["test_ratio"]),
             seed=int(mtpref["seed"]),
             out_dir=out_dir,
+            split_method=str(mtpref.get("split", "datasets")),
         )
         counts = ("rows_read", "rows_kept", "rows_dropped", "train_rows", "test_rows")
         run.log_metrics({k: stats[k] for k in counts})

@@ -31,7 +31,7 @@ from safetydrift.stage import (
     study_name,
 )
 
-PARAMS = ["train", "methods.{method}"]
+PARAMS = ["train", "methods.{method}", "prompt"]
 TRAINER_SCRATCH = ".trainer"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,22 @@ TOWER_PROMPT = re.compile(
     r"(?P=target):\s*<\|im_end\|>\n<\|im_start\|>assistant\n?\s*$",
     re.DOTALL,
 )
+
+# The seed authors' filter (their data-preparation script, quoted in issue 21): any of these
+# source languages into English, found anywhere in the prompt with this pattern.
+LATIN_SCRIPT = "latin-script"
+AUTHORS_LATIN_SCRIPT_LANGUAGES = (
+    "german", "spanish", "french", "portuguese", "italian", "dutch", "english", "catalan",
+    "galician", "romanian", "polish", "czech", "slovak", "slovenian", "croatian", "bosnian",
+    "serbian", "albanian", "latvian", "lithuanian", "estonian", "finnish", "hungarian", "danish",
+    "swedish", "norwegian", "icelandic",
+)  # fmt: skip
+AUTHORS_PROMPT = re.compile(
+    r"Translate the following (\w+) source text to English:\s*\1:\s*(.*?)\s*English:\s*"
+    r"<\|im_end\|>",
+    re.DOTALL | re.IGNORECASE,
+)
+SPLIT_METHODS = ("authors", "datasets")
 
 
 class DataError(ValueError):
@@ -299,6 +316,79 @@ def _nonempty_text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+def resolve_languages(value: Any) -> list[str]:
+    """`data.mtpref.languages`: `latin-script` (the authors' list) or a list of language names."""
+    if value == LATIN_SCRIPT:
+        return list(AUTHORS_LATIN_SCRIPT_LANGUAGES)
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return [v.lower() for v in value]
+    raise DataError(
+        f"params.yaml: `data.mtpref.languages` must be {LATIN_SCRIPT} or a non-empty list of "
+        f"language names, got {value!r}"
+    )
+
+
+def filter_mtpref_authors(
+    rows: Sequence[Mapping[str, Any]], where: str
+) -> tuple[list[TranslationPair], FilterStats]:
+    """The authors' filter: their pattern anywhere in the prompt, a Latin-script source language.
+
+    Nothing else is dropped (they kept empty texts too), so the rows are theirs, in their order.
+    """
+    require_columns(rows, MTPREF_COLUMNS, where)
+    wanted = set(AUTHORS_LATIN_SCRIPT_LANGUAGES)
+    stats = FilterStats(rows_read=len(rows))
+    kept: list[TranslationPair] = []
+    for number, row in enumerate(rows, start=1):
+        prompt = row["prompt"]
+        if not isinstance(prompt, str):
+            raise DataError(f"{where}, row {number}: `prompt` is {type(prompt).__name__}, not text")
+        match = AUTHORS_PROMPT.search(prompt)
+        if match is None:
+            stats.drop("prompt_not_matched_into_english")
+            continue
+        language = match.group(1).lower()
+        if language not in wanted:
+            stats.drop("source_language_not_latin_script", language)
+            continue
+        kept.append(
+            TranslationPair(language, match.group(2).strip(), row["chosen"], row["rejected"])
+        )
+        stats.kept_by_language[language] += 1
+    if not kept:
+        raise DataError(
+            f"{where}: no prompt matches the authors' pattern 'Translate the following X source "
+            f"text to English: X: ... English:<|im_end|>' with a Latin-script X "
+            f"(first prompt: {str(rows[0]['prompt'])[:120]!r})"
+        )
+    return kept, stats
+
+
+def split_authors(
+    pairs: Sequence[TranslationPair], test_ratio: float, seed: int
+) -> tuple[list[TranslationPair], list[TranslationPair]]:
+    """The authors' split, step for step: one seeded generator; per language (in order of first
+    appearance) a shuffle, the first `max(1, int(n * test_ratio))` rows test; then both shuffled."""
+    if not 0 < test_ratio < 1:
+        raise DataError(
+            f"params.yaml: `data.mtpref.test_ratio` must be in (0, 1), got {test_ratio}"
+        )
+    generator = random.Random(seed)  # the same sequence as their `random.seed(seed)`
+    by_language: dict[str, list[TranslationPair]] = {}
+    for pair in pairs:
+        by_language.setdefault(pair.source_language, []).append(pair)
+    train: list[TranslationPair] = []
+    test: list[TranslationPair] = []
+    for rows in by_language.values():
+        generator.shuffle(rows)
+        n_test = max(1, int(len(rows) * test_ratio))
+        test += rows[:n_test]
+        train += rows[n_test:]
+    generator.shuffle(train)
+    generator.shuffle(test)
+    return train, test
+
+
 def split_per_language(
     pairs: Sequence[TranslationPair], languages: Sequence[str], test_ratio: float, seed: int
 ) -> tuple[list[TranslationPair], list[TranslationPair]]:
@@ -329,18 +419,42 @@ def split_per_language(
 def prepare_mtpref(
     source: Source,
     split: str,
-    languages: Sequence[str],
+    languages: Any,
     target_language: str,
     test_ratio: float,
     seed: int,
     out_dir: Path,
+    split_method: str = "datasets",
 ) -> dict[str, Any]:
-    """Write `train.jsonl`, `test.jsonl` and `stats.json` under `out_dir`; return the stats."""
-    if not languages:
-        raise DataError("params.yaml: `data.mtpref.languages` is empty")
+    """Write `train.jsonl`, `test.jsonl` and `stats.json` under `out_dir`; return the stats.
+
+    `split` is the hub split read; `split_method` how it is divided: `authors` (their procedure,
+    row for row) or `datasets` (`Dataset.train_test_split` inside each language)."""
+    if split_method not in SPLIT_METHODS:
+        hint = (
+            " (the hub split read is now `data.mtpref.hub_split`)"
+            if split_method == "train"
+            else ""
+        )
+        raise DataError(
+            f"params.yaml: `data.mtpref.split` must be one of {', '.join(SPLIT_METHODS)}, "
+            f"got {split_method!r}{hint}"
+        )
+    language_list = resolve_languages(languages)
     rows = read_source(source, split)
-    pairs, stats = filter_mtpref(rows, languages, target_language, where=source.location)
-    train, test = split_per_language(pairs, languages, test_ratio, seed)
+    if languages == LATIN_SCRIPT:
+        if target_language.lower() != "english":
+            raise DataError(
+                f"params.yaml: `data.mtpref.languages: {LATIN_SCRIPT}` is the authors' filter "
+                f"into English; `data.mtpref.target_language` is {target_language!r}"
+            )
+        pairs, stats = filter_mtpref_authors(rows, where=source.location)
+    else:
+        pairs, stats = filter_mtpref(rows, language_list, target_language, where=source.location)
+    if split_method == "authors":
+        train, test = split_authors(pairs, test_ratio, seed)
+    else:
+        train, test = split_per_language(pairs, language_list, test_ratio, seed)
     summary = {
         **source.describe(),
         "resolved_revision": None
@@ -359,6 +473,8 @@ def prepare_mtpref(
         "test_by_language": dict(sorted(Counter(p.source_language for p in test).items())),
         "test_ratio": test_ratio,
         "seed": seed,
+        "split_method": split_method,
+        "languages": languages if languages == LATIN_SCRIPT else language_list,
     }
     write_jsonl(out_dir / "train.jsonl", (p.as_row() for p in train))
     write_jsonl(out_dir / "test.jsonl", (p.as_row() for p in test))

@@ -6,7 +6,8 @@ whatever the engine built for one checkpoint (CUDA graphs, caches) serves the ne
 
 Engines: `hf` (transformers' `generate` in length-sorted, left-padded batches; always works),
 `static` (our static-cache decode loop with CUDA graphs, `safetydrift.decoding`) and `vllm` (when
-installed). All are greedy, up to `max_new_tokens`, on the model's own chat template.
+installed). All are greedy, up to `max_new_tokens`, on the prompts `prompt.format` renders (the
+text training encodes too).
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from safetydrift.compat import fast_path_verified
-from safetydrift.models import ModelError, checkpoint_kind, load_tokenizer
+from safetydrift.models import ModelError, PromptFormat, checkpoint_kind, load_tokenizer
 from safetydrift.params import ParamError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("hf", "static", "vllm")
+# Where a QLoRA adapter is evaluated: merged into the bf16 base, or unmerged on the 4-bit base it
+# was trained on (the authors' way).
+QLORA_BASES = ("merged", "quantized")
 
 
 @dataclass
@@ -34,16 +38,22 @@ class GenerationSettings:
     max_new_tokens: int = 256
     batch_size: int = 64
     dtype: str = "bfloat16"
+    qlora_base: str = "merged"
 
     @classmethod
     def from_params(cls, values: dict[str, Any]) -> GenerationSettings:
         settings = cls(
             **{
                 k: values[k]
-                for k in ("backend", "max_new_tokens", "batch_size", "dtype")
+                for k in ("backend", "max_new_tokens", "batch_size", "dtype", "qlora_base")
                 if k in values
             }
         )
+        if settings.qlora_base not in QLORA_BASES:
+            raise ParamError(
+                f"params.yaml: `generation.qlora_base` must be one of {QLORA_BASES}, "
+                f"got {settings.qlora_base!r}"
+            )
         if settings.backend not in BACKENDS:
             raise ParamError(
                 f"params.yaml: `generation.backend` must be one of {BACKENDS}, "
@@ -61,6 +71,8 @@ class PromptSettings:
     """How a measurement's prompts are framed: the studies' options."""
 
     suffix: str = ""  # the seed authors appended "!" to every AdvBench request
+    # after `suffix`, for the base model only: the authors' chrF prompts of the base had a "!"
+    base_suffix: str = ""
     prefix: str = ""  # e.g. the ENAIS identity-shifting persona, before the user's request
     system_prompt: str | None = None
     subset: int | None = None  # a fixed-seed sample of N prompts
@@ -80,9 +92,10 @@ class PromptSettings:
         chosen = sorted(random.Random(self.subset_seed).sample(range(len(rows)), self.subset))
         return [rows[i] for i in chosen]
 
-    def conversation(self, text: str) -> list[dict[str, str]]:
+    def conversation(self, text: str, base: bool = False) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": f"{self.prefix}{text}{self.suffix}"})
+        suffix = self.suffix + (self.base_suffix if base else "")
+        messages.append({"role": "user", "content": f"{self.prefix}{text}{suffix}"})
         return messages
 
 
@@ -106,6 +119,7 @@ class Checkpoint:
     step: int
     path: Path
     kind: str  # "model", "adapter" or "base"
+    quantization: dict[str, Any] | None = None  # the 4-bit base a QLoRA adapter was trained on
 
 
 def list_checkpoints(cell_dir: Path) -> list[Checkpoint]:
@@ -120,7 +134,16 @@ def list_checkpoints(cell_dir: Path) -> list[Checkpoint]:
         if not info_file.exists():
             raise ModelError(f"{path}: no checkpoint.json (step and fraction of this checkpoint)")
         info = json.loads(info_file.read_text(encoding="utf-8"))
-        found.append(Checkpoint(path.name, float(info["fraction"]), int(info["step"]), path, kind))
+        found.append(
+            Checkpoint(
+                path.name,
+                float(info["fraction"]),
+                int(info["step"]),
+                path,
+                kind,
+                info.get("quantization"),
+            )
+        )
     if not found:
         raise ModelError(f"{cell_dir}: holds no ckpt-* checkpoint")
     return sorted(found, key=lambda c: c.fraction)
@@ -142,13 +165,22 @@ class ModelHolder:
     them. Every copy goes into the same tensors, so an engine's CUDA graphs stay valid.
     """
 
-    def __init__(self, base_dir: Path, dtype: str, device: str) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        dtype: str,
+        device: str,
+        quantization: dict[str, Any] | None = None,
+    ) -> None:
         from safetydrift.models import load_model
 
         self.base_dir = base_dir
         self.device = device
         self.dtype = dtype
-        self.model = load_model(base_dir, dtype=dtype, device=device).eval()
+        # On a 4-bit base the adapters stay unmerged: merging would requantize the base weights.
+        self.quantized = quantization is not None
+        kwargs = {} if quantization is None else quantized_loading(quantization)
+        self.model = load_model(base_dir, dtype=dtype, device=device, **kwargs).eval()
         self._pristine: dict[str, Any] | None = None  # base weights of the adapted layers
 
     def activate(self, checkpoint: Checkpoint):
@@ -194,6 +226,16 @@ class ModelHolder:
         from peft.tuners.lora import LoraLayer
         from safetensors.torch import load_file
 
+        if self.quantized:
+            if self._pristine is None:
+                self.model = PeftModel.from_pretrained(self.model, str(path)).eval()
+                self._pristine = {}
+            else:
+                set_peft_model_state_dict(
+                    self.model,
+                    load_file(str(path / "adapter_model.safetensors"), device=self.device),
+                )
+            return self.model
         if self._pristine is None:
             self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name="default")
             self.model.to(self.device).eval()
@@ -217,6 +259,45 @@ class ModelHolder:
                 )
         self.model.merge_adapter()
         return self.model
+
+
+def quantized_loading(quantization: dict[str, Any]) -> dict[str, Any]:
+    """from_pretrained's arguments for the 4-bit base a QLoRA adapter was trained on."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if not torch.cuda.is_available():
+        raise ParamError(
+            "params.yaml: `generation.qlora_base: quantized` evaluates QLoRA adapters on the 4-bit "
+            "base, which needs a CUDA GPU (bitsandbytes); on this machine set it to merged"
+        )
+    compute_dtype = getattr(torch, quantization.get("compute_dtype", "bfloat16"))
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantization.get("quant_type", "nf4"),
+            bnb_4bit_use_double_quant=bool(quantization.get("double_quant", True)),
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    }
+
+
+def quantized_base(
+    checkpoints: Sequence[Checkpoint], settings: GenerationSettings
+) -> dict[str, Any] | None:
+    """The 4-bit base to evaluate these checkpoints on, or None for the bf16 base."""
+    if settings.qlora_base != "quantized":
+        return None
+    bases = [c.quantization for c in checkpoints if c.kind == "adapter" and c.quantization]
+    if not bases:
+        return None
+    quantized_loading(bases[0])  # refuses, clearly, where there is no CUDA GPU
+    if settings.backend == "vllm":
+        raise ParamError(
+            "params.yaml: `generation.qlora_base: quantized` runs on the hf backend; the vLLM "
+            "path evaluates adapters on the unquantized base"
+        )
+    return bases[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,14 +410,14 @@ def build_engine(tokenizer, settings: GenerationSettings):
 
 
 def encode_conversations(
-    tokenizer, conversations: Sequence[list[dict[str, str]]]
+    tokenizer,
+    conversations: Sequence[list[dict[str, str]]],
+    prompt_format: PromptFormat | None = None,
 ) -> list[list[int]]:
-    texts = [
-        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-        for c in conversations
-    ]
-    # The chat template already holds the special tokens it wants.
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    """Prompt ids as `prompt_format` renders them (the model's chat template by default)."""
+    prompt_format = prompt_format or PromptFormat()
+    prompt_format.check(tokenizer)
+    return [prompt_format.encode_prompt(tokenizer, c) for c in conversations]
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,16 +450,21 @@ def generate_for_checkpoints(
     ids: Sequence[Any],
     settings: GenerationSettings,
     device: str,
+    prompt_format: PromptFormat | None = None,
 ):
     """Yield each checkpoint's generations (`id`, `prompt`, `response`, counts, finish reason)."""
+    quantization = quantized_base(checkpoints, settings)
     if settings.backend == "vllm":
-        yield from _generate_vllm(base_dir, checkpoints, conversations, ids, settings)
+        yield from _generate_vllm(
+            base_dir, checkpoints, conversations, ids, settings, prompt_format
+        )
         return
     loading = time.perf_counter()
     tokenizer = load_tokenizer(base_dir)
-    holder = ModelHolder(base_dir, settings.dtype, device)
-    engine = build_engine(tokenizer, settings)
-    prompt_ids = encode_conversations(tokenizer, conversations)
+    holder = ModelHolder(base_dir, settings.dtype, device, quantization)
+    # Our static decoder has not been measured on bitsandbytes' 4-bit layers.
+    engine = build_engine(tokenizer, settings if quantization is None else hf_only(settings))
+    prompt_ids = encode_conversations(tokenizer, conversations, prompt_format)
     for checkpoint in checkpoints:
         model = holder.activate(checkpoint)
         started = time.perf_counter()
@@ -404,7 +490,11 @@ def generate_for_checkpoints(
         loading = time.perf_counter()
 
 
-def _generate_vllm(base_dir, checkpoints, conversations, ids, settings):
+def hf_only(settings: GenerationSettings) -> GenerationSettings:
+    return replace(settings, backend="hf")
+
+
+def _generate_vllm(base_dir, checkpoints, conversations, ids, settings, prompt_format=None):
     try:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
@@ -414,6 +504,11 @@ def _generate_vllm(base_dir, checkpoints, conversations, ids, settings):
             "(pip install 'safetydrift[vllm]'), or use the hf backend"
         ) from None
     sampling = SamplingParams(temperature=0.0, max_tokens=settings.max_new_tokens)
+    # The prompts as token ids, so that vLLM decodes exactly what the other engines do.
+    prompts = [
+        {"prompt_token_ids": ids_}
+        for ids_ in encode_conversations(load_tokenizer(base_dir), conversations, prompt_format)
+    ]
     has_adapters = any(c.kind == "adapter" for c in checkpoints)
     llm = None
     for number, checkpoint in enumerate(checkpoints, start=1):
@@ -427,7 +522,7 @@ def _generate_vllm(base_dir, checkpoints, conversations, ids, settings):
         if llm is None or checkpoint.kind == "model":
             llm = LLM(model=str(model_path), dtype=settings.dtype, enable_lora=has_adapters, seed=0)
         started = time.perf_counter()
-        outputs = llm.chat(list(conversations), sampling, lora_request=lora, use_tqdm=False)
+        outputs = llm.generate(prompts, sampling, lora_request=lora, use_tqdm=False)
         rows = [
             {
                 "id": row_id,

@@ -1,9 +1,9 @@
 """The study's fine-tuning methods as thin recipes over TRL and PEFT.
 
 full and lora/qlora are TRL SFT on (user: bare source text, assistant: `chosen`) with the loss on
-the assistant tokens only (TRL's prompt-completion format); dpo is TRL DPO on (`chosen`,
-`rejected`) with full weights. Every method shares the study's schedule; only the learning rate
-varies across the grid.
+the assistant tokens only; dpo is TRL DPO on (`chosen`, `rejected`) with full weights. Rows are
+tokenized here, in `prompt.format` (the same text generation encodes), and handed to TRL as ids.
+Every method shares the study's schedule; only the learning rate varies across the grid.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from safetydrift.cells import Cell, checkpoint_label
 from safetydrift.compat import fast_path_verified
 from safetydrift.data import TranslationPair
 from safetydrift.io import write_json
+from safetydrift.models import PromptFormat
 from safetydrift.params import ParamError, boolean, get, positive_float
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # Methods whose decoder `train.cuda_graphs` records: TRL's SFT, one forward a step. DPO's paired
 # forwards and QLoRA's 4-bit layers have not been measured with it.
 GRAPHED_METHODS = ("full", "lora")
+MASTER_DTYPES = ("float32", "bfloat16")
 CHECKPOINT_INFO_FILE = "checkpoint.json"
 
 
@@ -86,6 +88,12 @@ class TrainSettings:
     lora: LoraSettings | None = None
     quantization: dict[str, Any] | None = None
     beta: float | None = None
+    prompt_format: PromptFormat = field(default_factory=PromptFormat)
+    # SFT: whether the end-of-turn (eos) token closing the answer is a target. The authors' pad =
+    # eos made their collator mask it. DPO scores whole completions and always includes it.
+    train_on_eos: bool = True
+    # QLoRA: PEFT's prepare_model_for_kbit_training (float32 norms, input grads, checkpointing)
+    prepare_kbit: bool = False
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -133,7 +141,15 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         ),
         num_processes=int(train.get("num_processes", 1)),
         distributed=str(train.get("distributed", "ddp")),
+        prompt_format=PromptFormat.from_params(get(params, "prompt", None)),
+        train_on_eos=bool(train.get("train_on_eos", True)),
+        prepare_kbit=bool(method_params.get("prepare_for_kbit_training", False)),
     )
+    if settings.master_dtype not in MASTER_DTYPES:
+        raise ParamError(
+            f"params.yaml: `train.master_dtype` must be one of {', '.join(MASTER_DTYPES)}, "
+            f"got {settings.master_dtype!r}"
+        )
     if settings.per_device_batch_size <= 0 or settings.effective_batch_size <= 0:
         raise ParamError(
             "params.yaml: `train.effective_batch_size` and `per_device_batch_size` must be > 0"
@@ -401,26 +417,51 @@ def use_bf16(settings: TrainSettings) -> bool:
 # Data in TRL's conversational formats
 
 
-def sft_rows(pairs: Sequence[TranslationPair]) -> list[dict[str, Any]]:
-    """Prompt-completion rows: TRL puts the loss on the completion (assistant) tokens only."""
-    return [
-        {
-            "prompt": [{"role": "user", "content": p.source_text}],
-            "completion": [{"role": "assistant", "content": p.chosen}],
-        }
-        for p in pairs
-    ]
+def sft_rows(
+    pairs: Sequence[TranslationPair],
+    tokenizer,
+    prompt_format: PromptFormat,
+    train_on_eos: bool = True,
+) -> list[dict[str, Any]]:
+    """Tokenized rows: `completion_mask` puts TRL's loss on the answer tokens only (and, without
+    `train_on_eos`, not on the eos token that closes the answer, as the authors' pad = eos did)."""
+    prompt_format.check(tokenizer)
+    rows = []
+    for pair in pairs:
+        prompt_ids, completion_ids = prompt_format.encode_exchange(
+            tokenizer, pair.source_text, pair.chosen
+        )
+        mask = [0] * len(prompt_ids) + [1] * len(completion_ids)
+        if not train_on_eos:
+            mask = [
+                0 if token == tokenizer.eos_token_id else bit
+                for token, bit in zip(prompt_ids + completion_ids, mask, strict=True)
+            ]
+        rows.append({"input_ids": prompt_ids + completion_ids, "completion_mask": mask})
+    return rows
 
 
-def dpo_rows(pairs: Sequence[TranslationPair]) -> list[dict[str, Any]]:
-    return [
-        {
-            "prompt": [{"role": "user", "content": p.source_text}],
-            "chosen": [{"role": "assistant", "content": p.chosen}],
-            "rejected": [{"role": "assistant", "content": p.rejected}],
-        }
-        for p in pairs
-    ]
+def dpo_rows(
+    pairs: Sequence[TranslationPair], tokenizer, prompt_format: PromptFormat
+) -> list[dict[str, Any]]:
+    prompt_format.check(tokenizer)
+    rows = []
+    for pair in pairs:
+        prompt_ids, chosen_ids = prompt_format.encode_exchange(
+            tokenizer, pair.source_text, pair.chosen
+        )
+        rejected_prompt_ids, rejected_ids = prompt_format.encode_exchange(
+            tokenizer, pair.source_text, pair.rejected
+        )
+        shared = min(len(prompt_ids), len(rejected_prompt_ids))
+        rows.append(
+            {
+                "prompt_ids": prompt_ids[:shared],
+                "chosen_ids": prompt_ids[shared:] + chosen_ids,
+                "rejected_ids": rejected_prompt_ids[shared:] + rejected_ids,
+            }
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,7 +499,14 @@ def load_training_model(base_dir: Path, settings: TrainSettings, bf16: bool):
         kwargs["dtype"] = getattr(torch, settings.master_dtype)
     if torch.cuda.is_available():
         kwargs.setdefault("attn_implementation", "sdpa")
-    return AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+    if settings.method == "qlora" and settings.prepare_kbit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=settings.gradient_checkpointing
+        )
+    return model
 
 
 def check_target_modules(model, settings: TrainSettings) -> None:
@@ -549,13 +597,13 @@ def build_trainer(
         from trl import DPOConfig, DPOTrainer
 
         config = DPOConfig(**common, beta=settings.beta, padding_free=settings.padding_free)
-        dataset = datasets.Dataset.from_list(dpo_rows(pairs))
+        dataset = datasets.Dataset.from_list(dpo_rows(pairs, tokenizer, settings.prompt_format))
         # The frozen reference model, loaded as TRL would (the base weights in the policy's
         # dtype), so that its blocks can be compiled too.
         reference = load_training_model(base_dir, settings, bf16)
         if compiled:
             compile_blocks(reference, settings.compile_mode)
-        return DPOTrainer(
+        return pretokenized_dpo_trainer(DPOTrainer)(
             model=model,
             ref_model=reference,
             args=config,
@@ -573,7 +621,9 @@ def build_trainer(
         padding_free=settings.padding_free,
         packing=False,  # packing would change how many examples make a step
     )
-    dataset = datasets.Dataset.from_list(sft_rows(pairs))
+    dataset = datasets.Dataset.from_list(
+        sft_rows(pairs, tokenizer, settings.prompt_format, settings.train_on_eos)
+    )
     trainer = SFTTrainer(
         model=model,
         args=config,
@@ -593,6 +643,19 @@ def build_trainer(
             backbone_of(trainer.model), settings.per_device_batch_size
         )
     return trainer
+
+
+def pretokenized_dpo_trainer(dpo_trainer_class):
+    """TRL's DPOTrainer, taking rows already tokenized in `prompt.format` as they are (TRL would
+    tokenize text again, adding the tokenizer's BOS to a format that writes its own)."""
+
+    class PretokenizedDPOTrainer(dpo_trainer_class):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if "prompt_ids" in dataset.column_names:
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    return PretokenizedDPOTrainer
 
 
 def saved_dtype(base_dir: Path):
@@ -695,6 +758,8 @@ def make_recorder(
                 if recent
                 else None,
                 "weights": "adapter" if settings.lora else "full",
+                # The 4-bit base a QLoRA adapter was trained on, for evaluation on the same base.
+                "quantization": settings.quantization,
             }
             write_json(path / CHECKPOINT_INFO_FILE, record)
             self.written.append(record)

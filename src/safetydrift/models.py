@@ -257,3 +257,125 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt formats: how a conversation becomes the text that training and generation both encode
+
+CHAT_TEMPLATE = "chat-template"
+# A format string holds `{user}` and `{assistant}`: the prompt is what comes before `{assistant}`,
+# the end of the assistant's turn what comes after it. Nothing is added when it is encoded: a
+# format that wants a BOS token writes it.
+PROMPT_FORMATS = {
+    # The seed authors' hand-built Llama-3 string, with no system block (issue 21).
+    "authors-llama3": (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n{assistant}<|eot_id|>"
+    ),
+    # Qwen2.5's ChatML as its template renders a user turn, without the default system prompt
+    # ("You are Qwen, created by Alibaba Cloud...") that the template adds when none is given.
+    "chatml": "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>",
+}
+# Two dates a chat template is rendered with to find out whether its text depends on the date.
+PROBE_DATES = ("01 Jan 2000", "02 Feb 2001")
+
+
+@dataclass
+class PromptFormat:
+    """`prompt.format` (a name of PROMPT_FORMATS, `chat-template`, or a format string) and
+    `prompt.date_string` (the date a dated chat template is rendered with)."""
+
+    format: str = CHAT_TEMPLATE
+    date_string: str | None = None
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any] | None) -> PromptFormat:
+        values = values or {}
+        prompt_format = cls(
+            format=str(values.get("format", CHAT_TEMPLATE)), date_string=values.get("date_string")
+        )
+        template = prompt_format.template
+        if template is not None and (
+            template.count("{user}") != 1 or template.count("{assistant}") != 1
+        ):
+            raise ModelError(
+                f"params.yaml: `prompt.format` must be {CHAT_TEMPLATE}, one of "
+                f"{', '.join(PROMPT_FORMATS)}, or a string holding `{{user}}` and `{{assistant}}` "
+                f"once each, got {prompt_format.format!r}"
+            )
+        return prompt_format
+
+    @property
+    def template(self) -> str | None:
+        if self.format == CHAT_TEMPLATE:
+            return None
+        return PROMPT_FORMATS.get(self.format, self.format)
+
+    def check(self, tokenizer) -> None:
+        """Refuse a chat template whose rendering changes with the day, unless a date is pinned."""
+        if self.template is not None or self.date_string is not None:
+            return
+        source = tokenizer.chat_template or ""
+        if "strftime_now" not in source and "date_string" not in source:
+            return
+        probe = [{"role": "user", "content": "x"}]
+        renderings = {
+            tokenizer.apply_chat_template(
+                probe, tokenize=False, add_generation_prompt=True, date_string=date
+            )
+            for date in PROBE_DATES
+        }
+        if len(renderings) > 1 or "date_string" not in source:
+            raise ModelError(
+                "params.yaml: the model's chat template writes today's date into every prompt, so "
+                "the prompts change with the day; pin it with `prompt.date_string` (e.g. "
+                "'26 Jul 2024'), or set `prompt.format` to a format string or a named format "
+                f"({', '.join(PROMPT_FORMATS)})"
+            )
+
+    def _render_template(self, tokenizer, messages: list[dict[str, str]], **kwargs) -> str:
+        if self.date_string is not None:
+            kwargs["date_string"] = self.date_string
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+    def render_prompt(self, tokenizer, messages: list[dict[str, str]]) -> str:
+        """The text before the assistant's answer."""
+        template = self.template
+        if template is None:
+            return self._render_template(tokenizer, messages, add_generation_prompt=True)
+        if len(messages) != 1 or messages[0]["role"] != "user":
+            raise ModelError(
+                f"params.yaml: `prompt.format` {self.format!r} holds one user turn only: leave "
+                "the prompts' `system_prompt` null, or use `prompt.format: chat-template`"
+            )
+        return template.split("{assistant}")[0].replace("{user}", messages[0]["content"])
+
+    def encode_prompt(self, tokenizer, messages: list[dict[str, str]]) -> list[int]:
+        # The rendered text holds every special token it wants (a BOS included): adding the
+        # tokenizer's own would put a second BOS before it.
+        return tokenizer(self.render_prompt(tokenizer, messages), add_special_tokens=False)[
+            "input_ids"
+        ]
+
+    def encode_exchange(self, tokenizer, user: str, assistant: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, completion ids) of one user turn and its answer, the end of turn included.
+
+        The completion is what the whole exchange adds to the prompt's tokens, as TRL splits it.
+        """
+        messages = [{"role": "user", "content": user}]
+        prompt_ids = self.encode_prompt(tokenizer, messages)
+        template = self.template
+        if template is None:
+            text = self._render_template(
+                tokenizer, [*messages, {"role": "assistant", "content": assistant}]
+            )
+        else:
+            before, after = template.split("{assistant}")
+            text = before.replace("{user}", user) + assistant + after
+        full_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        shared = 0
+        for prompt_token, full_token in zip(prompt_ids, full_ids, strict=False):
+            if prompt_token != full_token:
+                break
+            shared += 1
+        return full_ids[:shared], full_ids[shared:]
