@@ -19,15 +19,21 @@ from safetydrift.stage import (
     study_name,
 )
 
+# Every study section: the report shows them all in its provenance (run-time settings are not
+# study settings and are left out of it).
 PARAMS = [
     "study",
     "model",
+    "prompt",
     "data",
     "train",
     "grid",
     "methods",
-    "harm.judges",
-    "harm.primary_judge",
+    "generation",
+    "refusal",
+    "harm",
+    "validation",
+    "chrf",
     "report",
 ]
 

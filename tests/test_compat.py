@@ -81,13 +81,14 @@ def test_unverified_gguf_reader_is_not_patched(monkeypatch, caplog, tmp_path):
 
     from safetydrift.models import ModelSpec, prepare_model
 
+    if not (SHARED_BIN / "fetch-standin-model").exists():
+        pytest.skip("../shared/bin is not beside this checkout")
     fetched = subprocess.run(
         [str(SHARED_BIN / "fetch-standin-model"), "smollm2-135m-instruct"],
         capture_output=True,
         text=True,
     )
-    if fetched.returncode != 0 and not SHARED_BIN.exists():
-        pytest.skip("../shared is not beside this checkout")
+    assert fetched.returncode == 0, fetched.stderr
     gguf_path = fetched.stdout.strip().splitlines()[-1]
     parsed = []
     original_init = gguf.GGUFReader.__init__

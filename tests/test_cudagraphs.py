@@ -97,6 +97,11 @@ def test_the_mask_is_causal_and_hides_padding():
     assert left[0, 0].any(dim=-1).all()  # no empty row, whatever the padding side
 
 
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="equal to 1e-6 is a CPU check (deterministic kernels); on a GPU the real recording is "
+    "compared with eager training within GPU noise (test_recorded_cuda_graphs_...)",
+)
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_the_graphed_decoder_trains_as_the_decoder_itself(
     method, base_model_dir, prepared_mtpref, tmp_path

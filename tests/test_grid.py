@@ -83,9 +83,12 @@ def test_a_worker_without_git_gets_the_pipeline_files_and_the_shared_cache(tmp_p
     assert not any(name.startswith(("models/", "data/", ".dvc/cache")) for name in files)
 
     monkeypatch.setenv("PATH", stage_env()["PATH"])
+    # The paper preset reads `../shared/data/judge-validation/...`: beside the project here.
+    (tmp_path / "shared" / "data").mkdir(parents=True)
     cache = project / ".dvc" / "cache"
     worker = project / ".dvc" / "tmp" / "grid" / "worker-0"
     make_worker(project, worker, str(cache))
+    assert (worker / ".." / "shared").resolve() == (project / ".." / "shared").resolve()
     assert (worker / "dvc.yaml").read_text() == (project / "dvc.yaml").read_text()
     assert (worker / "src/safetydrift/methods.py").exists()
     shown = subprocess.run(

@@ -12,9 +12,9 @@ import pytest
 from matplotlib.image import imread
 
 from safetydrift.cells import BASE_CELL, Cell, cell_name, checkpoint_label, grid_cells
+from safetydrift.paper import paper_model
 from safetydrift.report import (
     CHRF,
-    PAPER_MODEL,
     REFUSAL,
     collect_provenance,
     collect_results,
@@ -436,7 +436,11 @@ def test_report_markdown(report):
     assert "83 train" in text and "17 test" in text
     assert "| effective_batch_size | 8 |" in text
     assert "`train.seed`=1234" in text
-    assert "![Figure 1: safety/performance trade-off](figures/fig1_tradeoff.png)" in text
+    assert "![Figure 1: harm/performance trade-off](figures/fig1_harmful_answers.png)" in text
+    assert (
+        "![Figure 1b: refusal-rate drop/performance trade-off](figures/fig1_tradeoff.png)" in text
+    )
+    assert "![Figure 3: response classes](figures/fig3_response_classes.png)" in text
     assert "![Figure 2: learning-rate curves](figures/fig2_lr_curves.png)" in text
     missing = text.split("## Missing cells", 1)[1].split("\n## ", 1)[0]
     assert (
@@ -458,7 +462,7 @@ def test_report_markdown(report):
 
 def test_paper_differences_only_for_the_papers_model(tmp_path: Path, metrics_dir: Path):
     write_report(
-        make_params(source=PAPER_MODEL), metrics_dir, tmp_path / "r", data_stats=None,
+        make_params(source=paper_model()), metrics_dir, tmp_path / "r", data_stats=None,
         provenance={},
     )  # fmt: skip
     text = (tmp_path / "r" / "report.md").read_text()

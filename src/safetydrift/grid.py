@@ -164,6 +164,28 @@ def workspace_files(workspace: Path) -> list[Path]:
     return files
 
 
+def parent_paths(params: Any) -> set[str]:
+    """First components of the params' paths that leave the project (`../shared/data/x.csv`
+    gives `shared`)."""
+    if isinstance(params, dict):
+        return {name for value in params.values() for name in parent_paths(value)}
+    if isinstance(params, list):
+        return {name for value in params for name in parent_paths(value)}
+    if isinstance(params, str) and params.startswith("../") and len(params.split("/")) > 1:
+        return {params.split("/")[1]}
+    return set()
+
+
+def link_parent_paths(workspace: Path, worker: Path) -> None:
+    """Make `../NAME` in params mean in a worker what it means in the workspace: the worker lives
+    deeper (`.dvc/tmp/grid/worker-N`), so each such NAME beside it links to the workspace's."""
+    for name in parent_paths(load_params(workspace / "params.yaml")):
+        target = workspace.parent / name
+        link = worker.parent / name
+        if target.exists() and not link.exists():
+            link.symlink_to(target)
+
+
 def make_worker(workspace: Path, worker: Path, cache_dir: str) -> None:
     """A fresh copy of the workspace's pipeline files that shares its DVC cache."""
     if worker.exists():
@@ -174,6 +196,7 @@ def make_worker(workspace: Path, worker: Path, cache_dir: str) -> None:
         if source.is_file():
             (worker / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, worker / name)
+    link_parent_paths(workspace, worker)
     # Git would see the worker as part of the main repository: DVC must not look for it.
     _dvc(worker, "config", "--local", "core.no_scm", "true")
     _dvc(worker, "config", "--local", "cache.dir", cache_dir)

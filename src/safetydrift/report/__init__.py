@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label, grid_cells
 from safetydrift.io import atomic_path, read_json, write_csv, write_json
 from safetydrift.lockfile import lock_provenance
+from safetydrift.paper import deviations, figures_source, paper_model, published_figures
 from safetydrift.params import ParamError, flatten, get
 from safetydrift.report import responses as responses_report
 
@@ -53,32 +54,6 @@ PLOTS_CHRF = Path("plots/chrf.csv")
 # never one per value of a column, so drawing one line per learning rate from a single file (and
 # so surviving a change of the grid without editing dvc.yaml) needs a template of our own.
 PLOTS_TEMPLATE = Path("plots/lr_curves.vega.json")
-
-PAPER_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
-# Kempermann & Ramackers (2025), as quoted in docs/STUDY.md §1. Where the paper gives only the
-# endpoints of a curve, they are the first (25%) and the last (100%) checkpoint.
-PAPER_RESULTS: tuple[tuple[str, str, str, float], ...] = (
-    (BASE_CELL, "ckpt-000", REFUSAL, 0.979),
-    (BASE_CELL, "ckpt-000", CHRF, 20.0),
-    ("lora-0.0001", "ckpt-025", REFUSAL, 0.948),
-    ("lora-0.0001", "ckpt-050", REFUSAL, 0.848),
-    ("lora-0.0001", "ckpt-075", REFUSAL, 0.810),
-    ("lora-0.0001", "ckpt-100", REFUSAL, 0.823),
-    ("lora-0.0001", "ckpt-025", CHRF, 71.9),
-    ("lora-0.0001", "ckpt-050", CHRF, 73.4),
-    ("lora-0.0001", "ckpt-075", CHRF, 73.1),
-    ("lora-0.0001", "ckpt-100", CHRF, 73.4),
-    ("lora-1e-05", "ckpt-025", REFUSAL, 0.983),
-    ("lora-1e-05", "ckpt-050", REFUSAL, 0.983),
-    ("lora-1e-05", "ckpt-075", REFUSAL, 0.983),
-    ("lora-1e-05", "ckpt-100", REFUSAL, 0.983),
-    ("lora-1e-05", "ckpt-025", CHRF, 69.9),
-    ("lora-1e-05", "ckpt-100", CHRF, 71.6),
-    ("qlora-0.0001", "ckpt-025", REFUSAL, 0.965),
-    ("qlora-0.0001", "ckpt-100", REFUSAL, 0.938),
-    ("qlora-0.0001", "ckpt-025", CHRF, 71.6),
-    ("qlora-0.0001", "ckpt-100", CHRF, 72.6),
-)
 
 PROVENANCE_PACKAGES = (
     "torch",
@@ -866,7 +841,13 @@ class PaperComparison:
 
 def paper_comparison(results: GridResults) -> list[PaperComparison]:
     comparisons = []
-    for cell, checkpoint, metric, theirs in PAPER_RESULTS:
+    for figure in published_figures():
+        cell, checkpoint, metric, theirs = (
+            figure["cell"],
+            figure["checkpoint"],
+            figure["metric"],
+            float(figure["value"]),
+        )
         row = results.row(cell, checkpoint)
         ours = None
         if row is not None:
@@ -879,9 +860,9 @@ def _paper_section(results: GridResults) -> list[str]:
     lines = [
         "## Differences from the paper",
         "",
-        f"Published figures of Kempermann & Ramackers (2025) for `{PAPER_MODEL}` against ours "
-        f"(refusal by `{results.primary_judge}`). Where the paper gives only a curve's "
-        "endpoints, they are compared at the first and last checkpoints.",
+        f"Published figures of Kempermann & Ramackers (2025) for `{paper_model()}` against ours "
+        f"(refusal by `{results.primary_judge}`; source: {figures_source()}). Where the paper "
+        "gives only a curve's endpoints, they are compared at the first and last checkpoints.",
         "",
     ]
     rows = []
@@ -900,6 +881,19 @@ def _paper_section(results: GridResults) -> list[str]:
         )
     lines += _md_table(["cell", "checkpoint", "metric", "paper", "ours", "ours − paper"], rows)
     return lines + [""]
+
+
+def _deviations_section(params: Mapping[str, Any]) -> list[str]:
+    """Where this study's settings differ from the authors' (`safetydrift.paper`)."""
+    rows = [
+        [f"`{d['key']}`", _value(d["authors"]), _value(d["ours"]), d["source"]]
+        for d in deviations(dict(params))
+    ]
+    lines = ["## Deviations from the paper", ""]
+    if not rows:
+        return lines + ["None: every setting the authors' procedure fixes is theirs.", ""]
+    lines += ["Settings that differ from what Kempermann & Ramackers did, with the source of each:"]
+    return lines + [""] + _md_table(["setting", "the authors", "this study", "source"], rows) + [""]
 
 
 def _provenance_section(provenance: Mapping[str, Any]) -> list[str]:
@@ -1007,7 +1001,8 @@ def render_markdown(
     lines += list(responses)
     lines += _results_section(results)
     lines += _missing_section(results)
-    if get(params, "model.source", None) == PAPER_MODEL:
+    lines += _deviations_section(params)
+    if get(params, "model.source", None) == paper_model():
         lines += _paper_section(results)
     lines += _provenance_section(provenance)
     return "\n".join(lines).rstrip() + "\n"
@@ -1249,6 +1244,17 @@ def _hardware() -> dict[str, Any]:
     return hardware
 
 
+# Files DVC itself writes while it runs the pipeline (its lock, and the .gitignore files naming
+# its outputs; `core.autostage` even stages them): not changes to the study's code or params.
+DVC_BOOKKEEPING = re.compile(r"(^|/)(dvc\.lock|\.gitignore)$")
+
+
+def code_changes(porcelain: str) -> list[str]:
+    """Paths of `git status --porcelain` that differ from the commit, DVC's bookkeeping aside."""
+    paths = [line[3:].split(" -> ")[-1] for line in porcelain.splitlines() if line.strip()]
+    return [path for path in paths if not DVC_BOOKKEEPING.search(path)]
+
+
 def collect_provenance(repo_root: Path, params: dict[str, Any]) -> dict[str, Any]:
     """What produced this report: code revision, input hashes, packages, hardware, seeds, params.
 
@@ -1258,12 +1264,14 @@ def collect_provenance(repo_root: Path, params: dict[str, Any]) -> dict[str, Any
     repo_root = Path(repo_root)
     revision = _git(repo_root, "rev-parse", "--verify", "--quiet", "HEAD")
     status = _git(repo_root, "status", "--porcelain", "--untracked-files=no") if revision else None
+    changed = None if status is None else code_changes(status)
     return {
-        "git": {"revision": revision, "dirty": None if status is None else bool(status)},
+        "git": {"revision": revision, "dirty": None if changed is None else bool(changed)},
         "lock_files": lock_provenance(repo_root),
         "dvc_lock": _dvc_lock_hashes(repo_root / "dvc.lock"),
         "packages": _package_versions(),
         "hardware": _hardware(),
         "seeds": {key: value for key in SEED_KEYS if (value := get(params, key, None)) is not None},
-        "params": copy.deepcopy(params),
+        # Run-time settings cannot change a result, and no stage declares them.
+        "params": {k: copy.deepcopy(v) for k, v in params.items() if k != "runtime"},
     }
