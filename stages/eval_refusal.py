@@ -83,6 +83,8 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
                 class_settings,
             )
             shares = class_shares(classes, confidence)
+            # Its refusals (class `refusal`) beside the other judges', for comparisons by judge.
+            per_judge[RESPONSE_CLASS_JUDGE] = refusal_summary(classes, confidence)
             result["checkpoints"][checkpoint["label"]] = {
                 "fraction": checkpoint["fraction"],
                 "step": checkpoint["step"],
@@ -104,6 +106,7 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
                             for name in judges
                         },
                         RESPONSE_CLASS_JUDGE: {
+                            "refusal": classes[index].refusal,
                             "label": classes[index].label,
                             "matched": list(classes[index].matched),
                             "evidence": classes[index].evidence,

@@ -51,7 +51,15 @@ def copy_project(destination: Path) -> Path:
         shutil.copy(ROOT / name, destination / name)
     # The committed default, whatever preset the working tree's params.yaml holds now.
     shutil.copy(ROOT / "presets" / "paper.yaml", destination / "params.yaml")
-    for name in ("stages", "presets", "scripts", "src", "tests/fixtures"):
+    for name in (
+        "stages",
+        "presets",
+        "scripts",
+        "src",
+        "tests/fixtures",
+        "reviews",
+        "requirements",
+    ):
         shutil.copytree(
             ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__")
         )

@@ -157,7 +157,8 @@ def test_compare_two_folders(folders):
     assert dropped.verdict == "lower"
 
     refusal = [c for c in report.comparisons if c.measurement == "refusal"]
-    assert len(refusal) == 3 * len(JUDGES)  # base, lora at 50% and at 100%
+    # base, lora at 50% and at 100%; each judge, and response-class beside them
+    assert len(refusal) == 3 * (len(JUDGES) + 1)
     adjusted = holm({f"{c.cell} {c.checkpoint} {c.judge}": c.p_value for c in refusal})
     assert [c.p_holm for c in refusal] == [
         adjusted[f"{c.cell} {c.checkpoint} {c.judge}"] for c in refusal

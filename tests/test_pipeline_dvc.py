@@ -211,7 +211,39 @@ def test_changing_the_judges_rejudges_without_generating(smoke_project):
         written = {path: path.stat().st_mtime_ns for path in generations}
         dvc(smoke_project, "repro")
         verdicts = json.loads((smoke_project / "metrics/refusal/base.json").read_text())
-        assert list(verdicts["checkpoints"]["ckpt-000"]["judges"]) == ["prefixes-advbench"]
+        judged = list(verdicts["checkpoints"]["ckpt-000"]["judges"])
+        assert judged == ["prefixes-advbench", "response-class"]
         assert {path: path.stat().st_mtime_ns for path in generations} == written
     finally:
         params_file.write_text(original)
+
+
+def test_run_time_settings_rerun_nothing(smoke_project):
+    params_file = smoke_project / "params.yaml"
+    original = params_file.read_text()
+    before = changed_stages(smoke_project)  # what earlier tests of this module left stale
+    try:
+        params = yaml.safe_load(original)
+        params["runtime"] = {"progress": False, "jobs": 3, "tracking_fallback": "local"}
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert changed_stages(smoke_project) == before
+    finally:
+        params_file.write_text(original)
+
+
+def test_editing_the_prompt_code_makes_the_generations_stale(smoke_project):
+    module = smoke_project / "src" / "safetydrift" / "generation.py"
+    original = module.read_text()
+    before = changed_stages(smoke_project)  # what earlier tests of this module left stale
+    try:
+        module.write_text(original + "\n# an edit of the code that builds and generates prompts\n")
+        changed = changed_stages(smoke_project) - before
+        cells = ["base", "full-0.001", "lora-0.001"]
+        for measurement in ("refusal", "chrf"):
+            for cell in cells:
+                name = f"generate_{measurement}_base" if cell == "base" else None
+                assert (name or f"generate_{measurement}@{cell}") in changed
+        # Training, data preparation and the judging of saved responses do not run that code.
+        assert not any(s.startswith(("train", "prepare_m", "prepare_a", "eval_")) for s in changed)
+    finally:
+        module.write_text(original)

@@ -115,6 +115,7 @@ def check_hub_source(hub_id: str, revision: str | None, repo_type: str, key: str
     copy. With `HF_HUB_OFFLINE=1` the libraries read only the local cache, and fail fast.
     """
     import huggingface_hub
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -124,7 +125,7 @@ def check_hub_source(hub_id: str, revision: str | None, repo_type: str, key: str
     )
 
     where = f"params.yaml: `{key}` {hub_id!r}"
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE:
         return
     try:
         huggingface_hub.HfApi().repo_info(

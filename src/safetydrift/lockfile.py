@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sysconfig
 from importlib.metadata import distributions
 from pathlib import Path
 
@@ -38,7 +39,10 @@ def read_pins(lock: Path) -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, str]:
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
+    """What this environment's own site-packages hold (not whatever else is on `sys.path`)."""
+    paths = sysconfig.get_paths()
+    folders = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+    return {canonicalize_name(d.metadata["Name"]): d.version for d in distributions(path=folders)}
 
 
 def lock_mismatches(lock: Path, installed: dict[str, str] | None = None) -> list[str]:

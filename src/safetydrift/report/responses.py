@@ -285,7 +285,7 @@ def agreement_rows(
 ) -> list[list[Any]]:
     """Cohen's kappa (bootstrap interval) of every pair of judges over all cells, then on every
     cell, its checkpoints pooled; responses a judge could not label are left out of its pairs."""
-    judges = [(j, "text") for j in [*text_judges, RESPONSE_CLASS_JUDGE]]
+    judges = [(j, "text") for j in dict.fromkeys([*text_judges, RESPONSE_CLASS_JUDGE])]
     judges += [(j, "model") for j in results.harm_judges]
     rows = []
     every_cell = [row for cps in results.checkpoints.values() for c in cps for row in c.rows]
