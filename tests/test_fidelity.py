@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, load_stage
+from conftest import FIXTURES, SHARED_DATA, load_stage
 from transformers import AutoTokenizer
 
 from safetydrift.data import DataError, TranslationPair, split_authors
@@ -26,9 +26,7 @@ from safetydrift.paper import deviations, published_figures
 from safetydrift.params import ParamError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-STANDIN = ROOT.parent / "shared" / "data" / "mtpref-standin.jsonl"
-if not STANDIN.exists():
-    STANDIN = Path("/work/shared/data/mtpref-standin.jsonl")
+STANDIN = SHARED_DATA / "mtpref-standin.jsonl"
 
 # The authors' data-preparation script, as issue 21 quotes it.
 THEIR_PATTERN = (

@@ -444,3 +444,16 @@ def test_a_judge_model_is_prepared_once_as_safetensors(judge_model_dir, tmp_path
     assert info["kind"] == "local" and (tmp_path / "j" / "model.safetensors").exists()
     judge = GuardJudge(spec("guard", tmp_path / "j", format="llama-guard", max_new_tokens=3))
     assert len(judge.judge_batch(PROMPTS[:2], RESPONSES[:2])) == 2
+
+
+def test_judges_on_one_model_share_its_weights(judge_model_dir):
+    rubric = build_model_judge(
+        spec("strongreject-rubric", judge_model_dir, max_new_tokens=4), "cpu"
+    )
+    guard = build_model_judge(
+        spec("guard", judge_model_dir, format="harmbench", max_new_tokens=4), "cpu"
+    )
+    rubric.load()
+    guard.load()
+    assert guard.judge_model.model is rubric.judge_model.model
+    assert guard.judge_model.engine is not rubric.judge_model.engine  # each its own settings

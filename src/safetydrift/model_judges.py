@@ -467,6 +467,10 @@ def _content_parts(conversation: list[dict[str, str]]) -> list[dict[str, Any]]:
     ]
 
 
+# (location, dtype, device, chat template) -> (model, tokenizer, provenance), for this process.
+_LOADED_MODELS: dict[tuple[Any, ...], tuple[Any, Any, dict[str, Any]]] = {}
+
+
 class _JudgeModel:
     """The judge's model and tokenizer, checked at construction, loaded once on `load()`."""
 
@@ -528,6 +532,13 @@ class _JudgeModel:
     def load(self) -> None:
         if self.model is not None:
             return
+        # Judges that share a model (a rubric and a classifier prompt on one instruct model)
+        # share its weights in memory: one load per stage.
+        key = (self.location, self.spec.dtype, self.device, self.spec.chat_template)
+        if key in _LOADED_MODELS:
+            model, tokenizer, info = _LOADED_MODELS[key]
+            self._finish_load(model, tokenizer, info)
+            return
         try:
             model, tokenizer, info = load_source(self.spec.model_spec(self.location))
         except ModelError as error:
@@ -537,11 +548,16 @@ class _JudgeModel:
                 f"judge `{self.spec.name}`: model {self.spec.source} has no chat template; set "
                 "one in the judge's `chat_template` (a Jinja string or a .jinja file)"
             ) from None
+        model = model.to(self.device).eval()
+        _LOADED_MODELS[key] = (model, tokenizer, info)
+        self._finish_load(model, tokenizer, info)
+
+    def _finish_load(self, model, tokenizer, info: dict[str, Any]) -> None:
         if self.content_as_parts is None:
             self.content_as_parts = self._content_style(tokenizer, self.probe)
         self.tokenizer = tokenizer
         self.info = {**info, **self.info, "dtype": self.spec.dtype}
-        self.model = model.to(self.device).eval()
+        self.model = model
         self.engine = build_engine(tokenizer, self.spec.generation_settings())
 
     def generate(self, conversations: list[list[dict[str, str]]]) -> list[tuple[str, str]]:

@@ -403,7 +403,8 @@ def review_section(results: ResponseResults, labels_file: Path) -> list[str]:
 
 
 def _clip(text: str | None) -> str:
-    text = (text or "").strip()
+    # One line, so that a response stays inside its Markdown quote.
+    text = " ".join((text or "").split())
     return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + " …"
 
 
