@@ -734,9 +734,11 @@ def _setup_section(
     mtpref = get(params, "data.mtpref", None) or {}
     if mtpref:
         lines.append(
-            f"- Translation data: `{mtpref.get('source')}` (split `{mtpref.get('split')}`, "
-            f"languages {_value(mtpref.get('languages'))} → {mtpref.get('target_language')}, "
-            f"test ratio {mtpref.get('test_ratio')}, seed {mtpref.get('seed')})"
+            f"- Translation data: `{mtpref.get('source')}` (hub split "
+            f"`{mtpref.get('hub_split', 'train')}`, languages {_value(mtpref.get('languages'))} "
+            f"→ {mtpref.get('target_language')}, split into train and test by the "
+            f"`{mtpref.get('split', 'datasets')}` procedure, test ratio "
+            f"{mtpref.get('test_ratio')}, seed {mtpref.get('seed')})"
         )
     stats = data_stats or {}
     counted = [
