@@ -88,3 +88,17 @@ def load_stage(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`dvc ARGS` in a test project; a failure (with `check`) shows DVC's own output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done

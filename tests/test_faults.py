@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURES, copy_project, load_stage, stage_env
+from conftest import FIXTURES, copy_project, dvc, load_stage, stage_env
 
 from safetydrift.data import (
     HUB_TIMEOUT_SECONDS,
@@ -385,19 +385,6 @@ def test_an_unknown_hub_id_without_network_fails_fast_in_one_line(project, monke
     with pytest.raises(DataError, match="made-up-user/no-such-model-xyz"):
         check_hub_source("made-up-user/no-such-model-xyz", None, "model", "model.source")
     assert time.perf_counter() - started < HUB_TIMEOUT_SECONDS + 2
-
-
-def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=project,
-        env=stage_env(),
-        capture_output=True,
-        text=True,
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done
 
 
 def test_a_failed_rerun_keeps_the_previous_report_and_records_nothing(project):

@@ -6,20 +6,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import copy_project, stage_env
-
-
-def dvc(project, *args, check=True):
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=project,
-        env=stage_env(),
-        capture_output=True,
-        text=True,
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done
+from conftest import copy_project, dvc, stage_env
 
 
 def changed_stages(project) -> set[str]:
