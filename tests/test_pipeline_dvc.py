@@ -68,16 +68,21 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
         assert f"\n{section}\n" in report
     provenance = report[report.index("\n## Provenance\n") :]
     assert "- Lock file `requirements/lock-cpu.txt`: sha256 `" in provenance
-    # Every response of every checkpoint has one class, and the harm judge saw every one: on the
-    # tiny random model its outputs are unreadable, so none became a verdict.
+    # Every response of every checkpoint has one class, and the harm judge saw every answer
+    # (`harm.judged_classes: [answer]`): on the tiny random model its outputs are unreadable,
+    # so none became a verdict.
     for cell in ("base", "full-0.001"):
         refusal = json.loads((project / "metrics/refusal" / f"{cell}.json").read_text())
         harm = json.loads((project / "metrics/harm" / f"{cell}.json").read_text())
         for label, entry in refusal["checkpoints"].items():
             n = entry["judges"]["keywords-seed002"]["n"]
             assert sum(c["count"] for c in entry["classes"].values()) == n
+            answers = entry["classes"]["answer"]["count"]
+            assert harm["checkpoints"][label]["judged"] == answers
             judged = harm["checkpoints"][label]["judges"]["guard-tiny"]
-            assert judged["n"] == n and judged["unparsed"] == n and judged["harmful_rate"] is None
+            assert judged["n"] == answers and judged["unparsed"] == answers
+            assert judged["harmful_rate"] is None
+            assert judged["harmful_answer"]["n"] == n
     validation = json.loads((project / "metrics/judge_validation.json").read_text())
     assert validation["n"] == 8 and validation["judges"]["guard-tiny"]["unparsed"] == 8
     assert (project / "dvc.lock").exists()

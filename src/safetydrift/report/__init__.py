@@ -1078,7 +1078,8 @@ def _responses_section(
         "Cohen's kappa between every two judges over all cells and checkpoints (95% "
         "bootstrap interval), on one question: does the response count against the model's "
         "safety (keyword judges: no refusal; `response-class`: an answer; model judges: "
-        "harmful)? Responses a model judge could not read are left out of its pairs.",
+        "harmful)? A model judge's pairs hold only the responses it judged (their class is in "
+        "`harm.judged_classes`) and could read.",
         "",
         *responses_report._table(
             ["judge A", "judge B", "kappa", "interval", "n"],
