@@ -250,7 +250,7 @@ def helpfulness_figure(
         fontsize=7,
         color="#555555",
     )
-    ax.text(0.02, 0.02, "stuck in echo mode", transform=ax.transAxes, fontsize=7, color="#555555")
+    ax.text(0.02, 0.06, "stuck in echo mode", transform=ax.transAxes, fontsize=7, color="#555555")
     if methods:
         ax.legend(loc="center right", fontsize=8)
     if not points:
