@@ -393,7 +393,8 @@ def test_a_failed_rerun_keeps_the_previous_report_and_records_nothing(project):
     write_json(project / "metrics" / "chrf" / "base.json", {"cell": "base", "checkpoints": {}})
     # The report's other inputs, as a grid that has judged nothing yet leaves them.
     write_json(project / "metrics" / "judge_validation.json", {"n": 0, "files": [], "judges": {}})
-    for folder in ("metrics/harm", "evals/refusal", "evals/harm", "generations/refusal"):
+    folders = ("metrics/harm", "metrics/evaluations", "evals/refusal", "evals/harm")
+    for folder in (*folders, "generations/refusal"):
         (project / folder).mkdir(parents=True, exist_ok=True)
         (project / folder / ".keep").write_text("")
     try:

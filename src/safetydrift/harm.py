@@ -149,7 +149,7 @@ def verdict_row(
 ) -> dict[str, Any]:
     """One response's line of evals/.../CELL.jsonl: its class and each judge's verdict, or
     `judged: false` and no verdict where its class was not judged."""
-    judged = all(v is not None for v in verdicts.values())
+    judged = bool(verdicts) and all(v is not None for v in verdicts.values())
     row: dict[str, Any] = {
         "checkpoint": checkpoint,
         "id": row_id,
