@@ -24,6 +24,7 @@ fails is named at the end and does not stop the others.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -37,8 +38,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from safetydrift.cells import BASE_CELL, grid_cells
+from safetydrift.disk import DiskEstimate, describe, estimate, refuse_if_short
 from safetydrift.io import write_json
 from safetydrift.params import get, load_params
+from safetydrift.stage import INTERMEDIATE_DIR
 from safetydrift.tracking import tracking_uri
 
 PREPARE_STAGES = ("prepare_model", "prepare_mtpref", "prepare_advbench", "prepare_judge_models")
@@ -139,6 +142,28 @@ def _dvc(workspace: Path, *args: str) -> str:
             f"`dvc {' '.join(args)}` failed in {workspace}:\n{done.stdout}{done.stderr}"
         )
     return done.stdout.strip()
+
+
+def trained_cells(workspace: Path, cells: Sequence[str]) -> list[str]:
+    """The cells whose training dvc.lock records with their current inputs: no new checkpoints."""
+    if not cells:
+        return []
+    changed = json.loads(
+        _dvc(workspace, "status", "--json", *(f"train@{c}" for c in cells)) or "{}"
+    )
+    return [cell for cell in cells if f"train@{cell}" not in changed]
+
+
+def disk_estimate(workspace: Path, cells: Sequence[str], parallel: int) -> DiskEstimate:
+    """What the cells' checkpoints, generations and evaluations will take, beside the free space
+    of the workspace's and DVC cache's filesystems (safetydrift.disk)."""
+    workspace = workspace.resolve()
+    params = load_params(workspace / "params.yaml")
+    valid = default_cells(params)
+    cells = [job.name for job in grid_jobs(list(cells) if cells else valid, valid)[1:]]
+    cache_dir = Path(_dvc(workspace, "cache", "dir"))
+    done = trained_cells(workspace, cells)
+    return estimate(workspace, params, cells, done, parallel, cache_dir)
 
 
 def workspace_files(workspace: Path) -> list[Path]:
@@ -243,6 +268,13 @@ def _run_job(
     job.returncode = process.returncode
 
 
+def delete_intermediate_checkpoints(workspace: Path, job: Job) -> None:
+    """Once a cell's job has succeeded, its generations are in DVC's cache and run-cache: the
+    checkpoints `train.keep_checkpoints: final` set aside for them have served (README, Disk)."""
+    if job.name != BASE_CELL:
+        shutil.rmtree(workspace / INTERMEDIATE_DIR / job.name, ignore_errors=True)
+
+
 def keep_first_attempt(job: Job) -> None:
     """Keep a failed attempt's timings and log as JOB.attempt1.*: the retry writes JOB.*."""
     assert job.timings is not None
@@ -271,8 +303,13 @@ def run_grid(
     jobs: int = 1,
     timings_dir: Path = Path("reports/timings"),
     stream: TextIO = sys.stdout,
+    check_disk: bool = True,
 ) -> GridRun:
-    """Run the grid's cells (all of them by default) with `jobs` cells at a time."""
+    """Run the grid's cells (all of them by default) with `jobs` cells at a time.
+
+    After the shared inputs are prepared and before any training, the disk the cells will fill
+    is estimated; a disk too small stops the run (DiskSpaceError) unless `check_disk` is false.
+    """
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     workspace = workspace.resolve()
@@ -295,9 +332,16 @@ def run_grid(
         return _finish(done, 1, started)
 
     parallel = min(jobs, len(queue_jobs))
+    found = disk_estimate(workspace, [job.name for job in queue_jobs[1:]], parallel)
+    for text in describe(found).splitlines():
+        out.line("disk", text)
+    if check_disk:
+        refuse_if_short(found)
     if parallel == 1:
         for job in queue_jobs:
             _run_job(job, workspace, timings_dir, env, out)
+            if job.returncode == 0:
+                delete_intermediate_checkpoints(workspace, job)
     else:
         cache_dir = _dvc(workspace, "cache", "dir")
         pending: queue.Queue[Job] = queue.Queue()
@@ -318,6 +362,7 @@ def run_grid(
                     return
                 _run_job(job, worker, timings_dir, env, out)
                 if job.returncode == 0:
+                    delete_intermediate_checkpoints(worker, job)
                     finished.put(job)
                 elif job.attempts == 0 and ran_out_of_gpu_memory(job):
                     # Side by side, cells may together need more GPU memory than there is. The

@@ -36,6 +36,10 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 GRAPHED_METHODS = ("full", "lora")
 MASTER_DTYPES = ("float32", "bfloat16")
 CHECKPOINT_INFO_FILE = "checkpoint.json"
+# `train.keep_checkpoints`: every checkpoint's weights stay in the train stage's DVC output
+# (`all`, for audits), or only the final one's (`final`): the others are set aside until their
+# generations exist, then deleted (README, "Disk").
+KEEP_CHECKPOINTS = ("all", "final")
 
 
 @dataclass
@@ -94,6 +98,7 @@ class TrainSettings:
     train_on_eos: bool = True
     # QLoRA: PEFT's prepare_model_for_kbit_training (float32 norms, input grads, checkpointing)
     prepare_kbit: bool = False
+    keep_checkpoints: str = "all"  # KEEP_CHECKPOINTS
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -144,6 +149,7 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         prompt_format=PromptFormat.from_params(get(params, "prompt", None)),
         train_on_eos=bool(train.get("train_on_eos", True)),
         prepare_kbit=bool(method_params.get("prepare_for_kbit_training", False)),
+        keep_checkpoints=keep_checkpoints_setting(train.get("keep_checkpoints", "all")),
     )
     if settings.master_dtype not in MASTER_DTYPES:
         raise ParamError(
@@ -211,6 +217,16 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
     if method == "dpo":
         settings.beta = positive_float(method_params.get("beta", 0.1), "methods.dpo.beta")
     return settings
+
+
+def keep_checkpoints_setting(value: Any) -> str:
+    """`train.keep_checkpoints`: all or final."""
+    if value not in KEEP_CHECKPOINTS:
+        raise ParamError(
+            f"params.yaml: `train.keep_checkpoints` must be one of {', '.join(KEEP_CHECKPOINTS)}, "
+            f"got {value!r}"
+        )
+    return str(value)
 
 
 def checkpoint_fractions(values: Any) -> list[float]:
