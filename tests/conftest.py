@@ -103,3 +103,16 @@ def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     if check and done.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+def small_filesystem(path: Path, size: str) -> None:
+    """Mount a tmpfs of `size` (e.g. 64k) at `path`, for tests of a full disk: the caller
+    unmounts it. Mounting needs root; elsewhere the test is skipped, saying why."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
