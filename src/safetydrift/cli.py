@@ -110,6 +110,7 @@ def _grid(args: argparse.Namespace) -> None:
         jobs=jobs,
         timings_dir=args.timings,
         check_disk=not args.skip_disk_check,
+        gpus=args.gpus,
     )
     summary = write_summary(run, args.summary)
     print(markdown_table(summary))
@@ -243,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="cells run side by side on the same machine (default: params' `runtime.jobs`)",
+    )
+    grid.add_argument(
+        "--gpus",
+        help="GPUs the cells run on, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else all); "
+        "side by side, each worker's cells get one, round-robin",
     )
     grid.add_argument(
         "--estimate",

@@ -144,6 +144,35 @@ def _dvc(workspace: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+def visible_gpus(requested: str | None = None) -> list[str]:
+    """The GPUs cells may use: `--gpus` (e.g. `0,1`), else CUDA_VISIBLE_DEVICES, else every
+    GPU torch sees (none on a machine without CUDA)."""
+    listed = requested if requested is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def gpu_assignment(workers: int, gpus: Sequence[str], per_cell: int = 1) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each worker: its cells' GPUs, round-robin, so that N workers
+    share G GPUs (several small cells on one GPU when N > G). `per_cell` is
+    `train.num_processes`: a cell trained on several GPUs gets its own group of them. None (the
+    environment as it is) where there is no GPU to place cells on."""
+    if not gpus:
+        return [None] * workers
+    if per_cell > len(gpus):
+        raise ValueError(
+            f"`train.num_processes` is {per_cell} but only {len(gpus)} GPU(s) are available "
+            f"to the grid ({','.join(gpus)})"
+        )
+    groups = [
+        gpus[start : start + per_cell] for start in range(0, len(gpus) - per_cell + 1, per_cell)
+    ]
+    return [",".join(groups[index % len(groups)]) for index in range(workers)]
+
+
 def trained_cells(workspace: Path, cells: Sequence[str]) -> list[str]:
     """The cells whose training dvc.lock records with their current inputs: no new checkpoints."""
     if not cells:
@@ -304,11 +333,13 @@ def run_grid(
     timings_dir: Path = Path("reports/timings"),
     stream: TextIO = sys.stdout,
     check_disk: bool = True,
+    gpus: str | None = None,
 ) -> GridRun:
     """Run the grid's cells (all of them by default) with `jobs` cells at a time.
 
     After the shared inputs are prepared and before any training, the disk the cells will fill
     is estimated; a disk too small stops the run (DiskSpaceError) unless `check_disk` is false.
+    Side by side, each worker's cells run on its own GPU (`gpus`, see `visible_gpus`).
     """
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
@@ -349,18 +380,24 @@ def run_grid(
             pending.put(job)
         finished: queue.Queue[Job | None] = queue.Queue()
 
-        def work(worker: Path) -> None:
+        per_cell = int(get(params, "train.num_processes", 1))
+        placement = gpu_assignment(parallel, visible_gpus(gpus), per_cell)
+
+        def work(worker: Path, devices: str | None) -> None:
             try:
                 make_worker(workspace, worker, cache_dir)
             except (OSError, RuntimeError) as error:
                 out.line(worker.name, f"could not set up the worker: {error}")
                 return
+            worker_env = env if devices is None else {**env, "CUDA_VISIBLE_DEVICES": devices}
+            if devices is not None:
+                out.line(worker.name, f"cells on GPU {devices}")
             while True:
                 try:
                     job = pending.get_nowait()
                 except queue.Empty:
                     return
-                _run_job(job, worker, timings_dir, env, out)
+                _run_job(job, worker, timings_dir, worker_env, out)
                 if job.returncode == 0:
                     delete_intermediate_checkpoints(worker, job)
                     finished.put(job)
@@ -385,7 +422,10 @@ def run_grid(
         restorer = threading.Thread(target=restore)
         restorer.start()
         workers = [workspace / WORKERS_DIR / f"worker-{index}" for index in range(parallel)]
-        threads = [threading.Thread(target=work, args=(worker,)) for worker in workers]
+        threads = [
+            threading.Thread(target=work, args=(worker, devices))
+            for worker, devices in zip(workers, placement, strict=True)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
