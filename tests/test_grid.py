@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import copy_project, stage_env
 
 from safetydrift.grid import (
@@ -118,3 +119,15 @@ def test_workers_are_placed_on_the_gpus_round_robin(monkeypatch):
     import torch
 
     assert visible_gpus() == [str(index) for index in range(torch.cuda.device_count())]
+
+
+def test_workers_share_the_checkpoints_set_aside_for_generations(tmp_path):
+    (tmp_path / "project").mkdir()
+    project = copy_project(tmp_path / "project")
+    params = yaml.safe_load((project / "presets" / "smoke.yaml").read_text())
+    params["train"]["keep_checkpoints"] = "final"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    worker = project / ".dvc" / "tmp" / "grid" / "worker-1"
+    make_worker(project, worker, str(project / ".dvc" / "cache"))
+    set_aside = worker / "models" / ".intermediate"
+    assert set_aside.is_symlink() and set_aside.resolve() == project / "models" / ".intermediate"

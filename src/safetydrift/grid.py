@@ -251,6 +251,14 @@ def make_worker(workspace: Path, worker: Path, cache_dir: str) -> None:
             (worker / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, worker / name)
     link_parent_paths(workspace, worker)
+    if get(load_params(workspace / "params.yaml"), "train.keep_checkpoints", "all") == "final":
+        # Checkpoints set aside for a cell's generations stay in the main workspace: a cell
+        # retried in another worker (out of GPU memory) restores its training from DVC's
+        # run-cache, which holds the final checkpoint only, and finds the others there.
+        shared = workspace / INTERMEDIATE_DIR
+        shared.mkdir(parents=True, exist_ok=True)
+        (worker / INTERMEDIATE_DIR).parent.mkdir(parents=True, exist_ok=True)
+        (worker / INTERMEDIATE_DIR).symlink_to(shared, target_is_directory=True)
     # Git would see the worker as part of the main repository: DVC must not look for it.
     _dvc(worker, "config", "--local", "core.no_scm", "true")
     _dvc(worker, "config", "--local", "cache.dir", cache_dir)
