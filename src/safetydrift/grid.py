@@ -20,6 +20,10 @@ cell a worker finishes is restored into the main workspace at once, while the ot
 then the report, from whatever metrics exist. A run cut short keeps every finished cell, and
 running the command again resumes: DVC skips what `dvc.lock` or its run-cache has. A cell that
 fails is named at the end and does not stop the others.
+
+Before any training, the disk the cells will fill is estimated (`safetydrift.disk`) and a disk
+too small stops the run. Side by side, each worker's cells see one GPU (CUDA_VISIBLE_DEVICES),
+the GPUs taken round-robin.
 """
 
 from __future__ import annotations
