@@ -2,6 +2,7 @@
 and a full disk in the middle of a stage (tests on a small tmpfs skip where mounting is not
 permitted)."""
 
+import errno
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from safetydrift.disk import (
     refuse_if_short,
 )
 from safetydrift.grid import Job, delete_intermediate_checkpoints, make_worker
+from safetydrift.io import DiskFullError, atomic_dir, is_disk_full
 
 SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 FULL_CELL, LORA_CELL = "full-0.001", "lora-0.001"
@@ -192,6 +194,27 @@ def test_keeping_only_the_final_checkpoint_generates_from_all_then_asks_for_a_re
     assert f"retrain the cell (`dvc repro --force train@{LORA_CELL}`)" in shown
     assert "ckpt-025, ckpt-050, ckpt-075" in shown
     assert (project / "dvc.lock").read_text() == lock
+
+
+def test_a_full_disk_is_recognised_from_writers_that_raise_no_oserror(tmp_path):
+    # safetensors' Rust serializer on a full tmpfs (see the test below, which needs root).
+    rust = "Error while serializing: I/O error: No space left on device (os error 28)"
+    assert is_disk_full(RuntimeError(rust))
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "quota")
+        except OSError as quota:
+            raise RuntimeError("the writer failed") from quota
+    except RuntimeError as wrapped:
+        assert is_disk_full(wrapped)
+    assert not is_disk_full(RuntimeError("CUDA out of memory"))
+    output = tmp_path / "models" / "x"
+    with (
+        pytest.raises(DiskFullError, match=f"^{output}: no space left on its filesystem"),
+        atomic_dir(output),
+    ):
+        raise RuntimeError(rust)
+    assert list((tmp_path / "models").iterdir()) == []  # no partial output
 
 
 def tracked_env(project: Path) -> dict[str, str]:
