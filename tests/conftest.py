@@ -116,3 +116,24 @@ def small_filesystem(path: Path, size: str) -> None:
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+
+
+def smoke_copy(path: Path, **train: object) -> Path:
+    """`copy_project` at `path` (made if missing) on the smoke preset, `train` keys overridden."""
+    import yaml
+
+    path.mkdir(parents=True, exist_ok=True)
+    project = copy_project(path)
+    params = yaml.safe_load((project / "presets" / "smoke.yaml").read_text())
+    params["train"].update(train)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under `path`, as `du --apparent-size` counts them."""
+    return sum(p.stat().st_size for p in files_under(path))
