@@ -70,7 +70,8 @@ def project_on_small_disk(tmp_path_factory):
         )
         yield project
     finally:
-        subprocess.run(["umount", str(project)], check=False)
+        # Lazy: a process still inside (a stage's helper) must not leave the mount behind.
+        subprocess.run(["umount", "--lazy", str(project)], check=False)
 
 
 def test_the_grid_refuses_to_train_on_a_disk_too_small_in_one_line(project_on_small_disk):
