@@ -417,6 +417,29 @@ def test_a_failed_rerun_keeps_the_previous_report_and_records_nothing(project):
             shutil.rmtree(project / folder, ignore_errors=True)
 
 
+def test_a_failed_rerun_gets_its_uncached_metrics_back_as_dvc_lock_records_them(project):
+    """DVC deletes `cache: false` outputs before a rerun and does not check them out again."""
+    stats = project / "data" / "mtpref" / "stats.json"
+    try:
+        dvc(project, "repro", "--single-item", "prepare_mtpref")
+        before, lock = stats.read_bytes(), (project / "dvc.lock").read_text()
+        edit_params(project, set_key("data.mtpref.test_ratio", 1.5))
+        failed = run_cli(project, "repro", "--", "--single-item", "prepare_mtpref")
+        assert failed.returncode != 0
+        assert "restored data/mtpref/stats.json (stage prepare_mtpref)" in failed.stdout
+        assert stats.read_bytes() == before and (project / "dvc.lock").read_text() == lock
+        # Plain `dvc repro` users get the same with `safetydrift restore`.
+        assert dvc(project, "repro", "--single-item", "prepare_mtpref", check=False).returncode
+        assert not stats.exists()
+        restored = run_cli(project, "restore")
+        assert restored.returncode == 0 and "restored data/mtpref/stats.json" in restored.stdout
+        assert stats.read_bytes() == before
+        again = run_cli(project, "restore")
+        assert "nothing to restore" in again.stdout and stats.read_bytes() == before
+    finally:
+        shutil.copy(project / "presets" / "smoke.yaml", project / "params.yaml")
+
+
 def test_generating_twice_on_the_same_inputs_writes_the_same_bytes(
     base_model_dir, tmp_path, monkeypatch
 ):

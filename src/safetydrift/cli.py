@@ -92,6 +92,14 @@ def _repro(args: argparse.Namespace) -> None:
     sys.exit(timed_repro(dvc_args, Path(args.timings)))
 
 
+def _restore(args: argparse.Namespace) -> None:
+    from safetydrift.restore import report_restored, restore_uncached_outputs
+
+    restored, unrestorable = restore_uncached_outputs(Path.cwd())
+    print(report_restored(restored, unrestorable) or "nothing to restore: every output is there")
+    sys.exit(1 if unrestorable else 0)
+
+
 def _grid(args: argparse.Namespace) -> None:
     from safetydrift.grid import run_grid, write_summary
     from safetydrift.params import get, load_params
@@ -221,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--timings", default="reports/timings.json", help="where to write them")
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for `dvc repro`")
     repro.set_defaults(handler=_repro)
+
+    restore = commands.add_parser(
+        "restore",
+        help="copy back the metrics a failed `dvc repro` deleted, as dvc.lock records them",
+    )
+    restore.set_defaults(handler=_restore)
 
     grid = commands.add_parser(
         "grid", help="the base model, the grid's cells (N at a time) and the report, timed"
