@@ -84,7 +84,18 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
     engines: set[str] = set()
     with (
         tracking.stage_run(
-            study_name(params), stage, declared_params(params, PARAMS[measurement]), cell=cell
+            study_name(params),
+            stage,
+            declared_params(params, PARAMS[measurement]),
+            cell=cell,
+            inputs=dict.fromkeys(
+                [
+                    str(ADVBENCH_FILE if measurement == "refusal" else MTPREF_DIR / "test.jsonl"),
+                    str(BASE_MODEL_DIR),
+                    *([] if cell == BASE_CELL else [str(MODELS_DIR / cell)]),
+                ],
+                "evaluation",
+            ),
         ) as run,
         atomic_dir(GENERATIONS_DIR / measurement / cell) as tmp,
     ):

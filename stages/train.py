@@ -55,7 +55,13 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
         "method": method,
     }
     with (
-        tracking.stage_run(study_name(params), "train", logged, cell=cell.name) as run,
+        tracking.stage_run(
+            study_name(params),
+            "train",
+            logged,
+            cell=cell.name,
+            inputs={str(MTPREF_DIR / "train.jsonl"): "training", str(BASE_MODEL_DIR): "training"},
+        ) as run,
         atomic_dir(MODELS_DIR / cell.name) as tmp_out,
     ):
         # The trainer's scratch lives inside the output's temporary directory: a killed run
