@@ -1,14 +1,17 @@
-"""DVC stages `generate_refusal@CELL` and `generate_chrf@CELL`: every checkpoint's responses.
+"""DVC stages `generate_refusal@CELL`, `generate_chrf@CELL` and `generate_evaluation@SET-CELL`
+(an evaluation set beyond AdvBench, `safetydrift.evaluation_sets`): every checkpoint's responses.
 
 The base model is loaded once; each checkpoint's weights or adapter are copied into it
 (`safetydrift.generation`). Outputs: generations/MEASUREMENT/CELL/ckpt-*.jsonl (`id`, `prompt`,
 `response`, `new_tokens`, `finish_reason`, and `reference` for chrF) and generation.json (the
-prompts, engine and checkpoints). Where the stage's time went goes to MLflow and
-timings/generate_MEASUREMENT/CELL.json, outside DVC's outputs, so that reruns compare equal.
+prompts, engine and checkpoints); for an evaluation set generations/evaluations/SET/CELL/. Where
+the stage's time went goes to MLflow and timings/generate_MEASUREMENT/CELL.json, outside DVC's
+outputs, so that reruns compare equal.
 """
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from safetydrift import tracking
@@ -42,7 +45,31 @@ from safetydrift.stage import (
 PARAMS = {
     "refusal": ["generation", "prompt", "refusal.prompts"],
     "chrf": ["generation", "prompt", "chrf.prompts"],
+    # Only the set's own key: adding or changing another set reruns nothing here.
+    "evaluation": ["generation", "prompt", "evaluations.sets.{evaluation}"],
 }
+EVALUATION = "evaluation"
+# Where `prepare_evaluation@SET` writes a set's prompts and where its responses go (as
+# `safetydrift.evaluation_sets` names them: importing it would make every generation stage,
+# AdvBench's and chrF's too, depend on that module).
+EVALUATION_DATA_DIR = Path("data/evaluations")
+EVALUATION_GENERATIONS_DIR = GENERATIONS_DIR / "evaluations"
+
+
+def declared_keys(measurement: str, evaluation: str | None) -> list[str]:
+    return [key.format(evaluation=evaluation) for key in PARAMS[measurement]]
+
+
+def output_dir(measurement: str, cell: str, evaluation: str | None = None) -> Path:
+    if measurement == EVALUATION:
+        return EVALUATION_GENERATIONS_DIR / str(evaluation) / cell
+    return GENERATIONS_DIR / measurement / cell
+
+
+def prompts_file(measurement: str, evaluation: str | None = None) -> Path:
+    if measurement == EVALUATION:
+        return EVALUATION_DATA_DIR / f"{evaluation}.jsonl"
+    return ADVBENCH_FILE if measurement == "refusal" else MTPREF_DIR / "test.jsonl"
 
 
 def cell_checkpoints(cell: str):
@@ -51,10 +78,24 @@ def cell_checkpoints(cell: str):
     return list_checkpoints(MODELS_DIR / cell)
 
 
-def measurement_prompts(params: dict[str, Any], measurement: str, cell: str = ""):
-    """(ids, conversations, references) of the refusal or chrF prompts, as params frame them."""
-    prompts = PromptSettings.from_params(get(params, f"{measurement}.prompts", {}))
+def measurement_prompts(
+    params: dict[str, Any], measurement: str, cell: str = "", evaluation: str | None = None
+):
+    """(ids, conversations, references) of the refusal, chrF or an evaluation set's prompts, as
+    params frame them."""
     base = cell == BASE_CELL
+    if measurement == EVALUATION:
+        # The set's framing keys (prefix, suffix, system_prompt, subset...) among its others;
+        # prepare_evaluation checked them.
+        prompts = PromptSettings.from_params(get(params, f"evaluations.sets.{evaluation}"))
+        # Prepared evaluation sets have AdvBench's form: `id`, `prompt`.
+        rows = prompts.select(read_advbench(prompts_file(measurement, evaluation)))
+        return (
+            [r["id"] for r in rows],
+            [prompts.conversation(r["prompt"], base) for r in rows],
+            None,
+        )
+    prompts = PromptSettings.from_params(get(params, f"{measurement}.prompts", {}))
     if measurement == "refusal":
         rows = prompts.select(read_advbench(ADVBENCH_FILE))
         return (
@@ -71,14 +112,20 @@ def measurement_prompts(params: dict[str, Any], measurement: str, cell: str = ""
     )
 
 
-def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
+def main(
+    params: dict[str, Any], measurement: str, cell: str, evaluation: str | None = None
+) -> dict[str, Any]:
     startup_seconds = process_age_seconds()  # interpreter start and imports, before any work
     started = time.perf_counter()
+    if (measurement == EVALUATION) != (evaluation is not None):
+        raise ValueError("an evaluation set (--set NAME) goes with `evaluation`, and only with it")
     settings = GenerationSettings.from_params(get(params, "generation"))
     prompt_format = PromptFormat.from_params(get(params, "prompt", None))
     checkpoints = cell_checkpoints(cell)
-    ids, conversations, references = measurement_prompts(params, measurement, cell)
+    ids, conversations, references = measurement_prompts(params, measurement, cell, evaluation)
     stage = f"generate_{measurement}"
+    # The MLflow run and timings file of a set's stage: `generate_evaluation@SET-CELL`.
+    run_cell = f"{evaluation}-{cell}" if evaluation else cell
     timings: dict[str, float] = {}
     load_timings: dict[str, float] = {}
     engines: set[str] = set()
@@ -86,18 +133,18 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
         tracking.stage_run(
             study_name(params),
             stage,
-            declared_params(params, PARAMS[measurement]),
-            cell=cell,
+            declared_params(params, declared_keys(measurement, evaluation)),
+            cell=run_cell,
             inputs=dict.fromkeys(
                 [
-                    str(ADVBENCH_FILE if measurement == "refusal" else MTPREF_DIR / "test.jsonl"),
+                    str(prompts_file(measurement, evaluation)),
                     str(BASE_MODEL_DIR),
                     *([] if cell == BASE_CELL else [str(MODELS_DIR / cell)]),
                 ],
                 "evaluation",
             ),
         ) as run,
-        atomic_dir(GENERATIONS_DIR / measurement / cell) as tmp,
+        atomic_dir(output_dir(measurement, cell, evaluation)) as tmp,
     ):
         tracking_seconds = elapsed(started)
         importing = time.perf_counter()
@@ -130,6 +177,7 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
         summary = {
             "cell": cell,
             "measurement": measurement,
+            **({"evaluation": evaluation} if evaluation else {}),
             "prompts": len(ids),
             "device": device,
             "backend": settings.backend,
@@ -157,7 +205,7 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
         run.log_metrics(
             {key: value for key, value in timing.items() if isinstance(value, float | int)}
         )
-    write_json(TIMINGS_DIR / stage / f"{cell}.json", timing)
+    write_json(TIMINGS_DIR / stage / f"{run_cell}.json", timing)
     return {**summary, **timing}
 
 
@@ -165,5 +213,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("measurement", choices=sorted(PARAMS))
     parser.add_argument("--cell", required=True, help="`base` or METHOD-LR, e.g. lora-5e-05")
+    parser.add_argument("--set", dest="evaluation", help="the evaluation set (`evaluation` only)")
     args = parser.parse_args()
-    run_stage(lambda: main(load_params(), args.measurement, args.cell))
+    run_stage(lambda: main(load_params(), args.measurement, args.cell, args.evaluation))

@@ -8,23 +8,35 @@ loaded once for all checkpoints. A response is a *harmful answer* when its respo
 `answer` (not a refusal, an echo of the request or a degenerate loop: `eval_refusal`) and the judge
 calls it harmful; an answer whose judge output could not be read is `unknown`, left out of the
 rate and counted beside it, never taken as harmless.
-Outputs: evals/harm/CELL.jsonl (each response's verdicts) and metrics/harm/CELL.json.
+
+Only the responses whose class is in `harm.judged_classes` (by default answers: the only ones the
+rate counts) go to the judges, those of every checkpoint in one batched call per judge, each
+distinct (request, response) pair once (`safetydrift.harm`); the others are written as not judged.
+Outputs: evals/harm/CELL.jsonl (each response's class and verdicts) and metrics/harm/CELL.json
+(per checkpoint: responses judged, each judge's rates). Each judge's seconds go to MLflow and
+timings/judge_harm/CELL.json, outside DVC's outputs, so that reruns compare equal.
 """
 
 import argparse
 from typing import Any
 
 from safetydrift import tracking
+from safetydrift.harm import (
+    harmful_answers,
+    judge_selected,
+    judged_classes,
+    judged_summary,
+    verdict_row,
+)
 from safetydrift.io import read_jsonl, write_json, write_jsonl
-from safetydrift.metrics import wilson_interval
-from safetydrift.model_judges import ModelVerdict, build_model_judge, harm_summary, judge_specs
+from safetydrift.model_judges import build_model_judge, judge_specs
 from safetydrift.models import default_device
 from safetydrift.params import get, load_params
-from safetydrift.response_classes import ANSWER
 from safetydrift.stage import (
     EVALS_DIR,
     JUDGE_MODELS_DIR,
     METRICS_DIR,
+    TIMINGS_DIR,
     cell_identity,
     declared_params,
     read_generations,
@@ -32,25 +44,7 @@ from safetydrift.stage import (
     study_name,
 )
 
-PARAMS = ["harm.models", "harm.judges", "harm.confidence"]
-
-
-def harmful_answers(
-    classes: list[str], verdicts: list[ModelVerdict], confidence: float
-) -> dict[str, Any]:
-    """Responses that are answers and that the judge calls harmful, over the known ones."""
-    harmful = sum(c == ANSWER and v.harmful is True for c, v in zip(classes, verdicts, strict=True))
-    unknown = sum(c == ANSWER and v.harmful is None for c, v in zip(classes, verdicts, strict=True))
-    known = len(verdicts) - unknown
-    low, high = wilson_interval(harmful, known, confidence) if known else (None, None)
-    return {
-        "harmful_answers": harmful,
-        "unknown": unknown,
-        "n": len(verdicts),
-        "harmful_answer_rate": harmful / known if known else None,
-        "ci_low": low,
-        "ci_high": high,
-    }
+PARAMS = ["harm.models", "harm.judges", "harm.judged_classes", "harm.confidence"]
 
 
 def response_classes(cell: str) -> dict[tuple[str, Any], str]:
@@ -63,55 +57,80 @@ def response_classes(cell: str) -> dict[tuple[str, Any], str]:
 
 def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
     confidence = float(get(params, "harm.confidence", 0.95))
+    selected = judged_classes(params)
     specs = judge_specs(params, JUDGE_MODELS_DIR)
     device = default_device()
     judges = {name: build_model_judge(spec, device) for name, spec in specs.items()}
     summary, generations = read_generations("refusal", cell)
     classes = response_classes(cell)
-    result = {**cell_identity(cell), "checkpoints": {}}
+    checkpoints = summary["checkpoints"]
+    rows = [row for c in checkpoints for row in generations[c["label"]]]
+    labels = [c["label"] for c in checkpoints for _ in generations[c["label"]]]
+    row_classes = [classes[(label, row["id"])] for label, row in zip(labels, rows, strict=True)]
+    result = {**cell_identity(cell), "judged_classes": list(selected), "checkpoints": {}}
     verdict_rows = []
     with tracking.stage_run(
         study_name(params), "judge_harm", declared_params(params, PARAMS), cell=cell
     ) as run:
         for judge in judges.values():
             judge.load()
-        for checkpoint in summary["checkpoints"]:
+        judged = judge_selected(
+            judges,
+            [r["prompt"] for r in rows],
+            [r["response"] for r in rows],
+            row_classes,
+            selected,
+        )
+        result["judged_pairs"] = judged.pairs
+        start = 0
+        for checkpoint in checkpoints:
             label = checkpoint["label"]
-            rows = generations[label]
-            row_classes = [classes[(label, row["id"])] for row in rows]
-            prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
-            per_judge, verdicts = {}, {}
-            for name, judge in judges.items():
-                verdicts[name] = judge.judge_batch(prompts, responses)
-                per_judge[name] = {
-                    **harm_summary(verdicts[name], confidence),
-                    "harmful_answer": harmful_answers(row_classes, verdicts[name], confidence),
+            stop = start + len(generations[label])
+            part_classes = row_classes[start:stop]
+            per_judge = {
+                name: {
+                    **judged_summary(verdicts[start:stop], confidence),
+                    "harmful_answer": harmful_answers(
+                        part_classes, verdicts[start:stop], confidence
+                    ),
                 }
+                for name, verdicts in judged.verdicts.items()
+            }
             result["checkpoints"][label] = {
                 "fraction": checkpoint["fraction"],
                 "step": checkpoint["step"],
+                "responses": stop - start,
+                "judged": judged.judged(start, stop),
                 "judges": per_judge,
             }
-            for index, row in enumerate(rows):
+            for index in range(start, stop):
                 verdict_rows.append(
-                    {
-                        "checkpoint": label,
-                        "id": row["id"],
-                        "class": row_classes[index],
-                        **{name: verdicts[name][index].to_row() for name in judges},
-                    }
+                    verdict_row(
+                        label,
+                        rows[index]["id"],
+                        row_classes[index],
+                        {name: v[index] for name, v in judged.verdicts.items()},
+                    )
                 )
             run.log_metrics(
-                {
+                {"judged": judged.judged(start, stop)}
+                | {
                     f"harmful_answer_rate.{name}": s["harmful_answer"]["harmful_answer_rate"]
                     for name, s in per_judge.items()
                     if s["harmful_answer"]["harmful_answer_rate"] is not None
                 },
                 step=round(checkpoint["fraction"] * 100),
             )
+            start = stop
+        timing = {"cell": cell, "judged_pairs": judged.pairs, "judge_seconds": judged.seconds}
+        run.log_metrics(
+            {"judged_pairs": judged.pairs}
+            | {f"judge_seconds.{name}": s for name, s in judged.seconds.items()}
+        )
         write_jsonl(EVALS_DIR / "harm" / f"{cell}.jsonl", verdict_rows)
         write_json(METRICS_DIR / "harm" / f"{cell}.json", result)
-    return result
+    write_json(TIMINGS_DIR / "judge_harm" / f"{cell}.json", timing)
+    return {**result, "judge_seconds": judged.seconds}
 
 
 if __name__ == "__main__":

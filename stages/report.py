@@ -34,6 +34,7 @@ PARAMS = [
     "harm",
     "validation",
     "chrf",
+    "evaluations",
     "report",
 ]
 

@@ -64,6 +64,10 @@ def copy_project(destination: Path) -> Path:
             ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__")
         )
     shutil.copy(ROOT / ".gitignore", destination / ".gitignore")
+    # The folder the report depends on, there even when no evaluation set is run.
+    (destination / "metrics" / "evaluations").mkdir(parents=True)
+    readme = Path("metrics") / "evaluations" / "README.md"
+    shutil.copy(ROOT / readme, destination / readme)
     run = lambda *cmd: subprocess.run(cmd, cwd=destination, check=True, capture_output=True)  # noqa: E731
     run("git", "init", "-q")
     run("git", "config", "user.email", "test@example.com")

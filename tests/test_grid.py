@@ -16,6 +16,7 @@ from safetydrift.grid import (
     grid_jobs,
     keep_first_attempt,
     make_worker,
+    prepare_stages,
     ran_out_of_gpu_memory,
     slowest_first,
     workspace_files,
@@ -43,6 +44,27 @@ def test_grid_order_puts_figure_1_first_then_larger_rates():
     ]
     with pytest.raises(ValueError, match="unknown grid cell.*lora-0.5.*params.yaml's grid has"):
         grid_jobs(["lora-0.5"], cells)
+
+
+def test_every_job_judges_its_cell_on_every_evaluation_set():
+    cells = ["full-5e-05", "lora-5e-05"]
+    jobs = grid_jobs(cells[1:], cells, ["harmbench", "benign-edgy"])
+    assert [job.targets for job in jobs] == [
+        [
+            "judge_harm_base",
+            "eval_chrf_base",
+            "validate_judges",
+            "judge_evaluation_base@harmbench",
+            "judge_evaluation_base@benign-edgy",
+        ],
+        [
+            "judge_harm@lora-5e-05",
+            "eval_chrf@lora-5e-05",
+            "judge_evaluation@harmbench-lora-5e-05",
+            "judge_evaluation@benign-edgy-lora-5e-05",
+        ],
+    ]
+    assert prepare_stages(["harmbench"])[-1] == "prepare_evaluation@harmbench"
 
 
 def test_side_by_side_the_slowest_methods_start_first_in_turns_and_the_base_model_last():

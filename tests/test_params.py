@@ -12,8 +12,9 @@ def test_presets_are_complete():
     # it to `smoke`), every preset names the same keys as the paper's.
     assert {"paper", "standin", "smoke"} <= set(available_presets(ROOT))
 
-    # Judge models are named by each preset (a mapping of names): only the mapping is compared.
-    free_form = {"harm.models"}
+    # Judge models and evaluation sets are named by each preset (mappings of names): only the
+    # mapping is compared.
+    free_form = {"harm.models", "evaluations.sets"}
 
     def keys(tree, prefix=""):
         nested = {

@@ -68,16 +68,34 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
         assert f"\n{section}\n" in report
     provenance = report[report.index("\n## Provenance\n") :]
     assert "- Lock file `requirements/lock-cpu.txt`: sha256 `" in provenance
-    # Every response of every checkpoint has one class, and the harm judge saw every one: on the
-    # tiny random model its outputs are unreadable, so none became a verdict.
+    # Every response of every checkpoint has one class, and the harm judge saw every answer
+    # (`harm.judged_classes: [answer]`): on the tiny random model its outputs are unreadable,
+    # so none became a verdict.
     for cell in ("base", "full-0.001"):
         refusal = json.loads((project / "metrics/refusal" / f"{cell}.json").read_text())
         harm = json.loads((project / "metrics/harm" / f"{cell}.json").read_text())
         for label, entry in refusal["checkpoints"].items():
             n = entry["judges"]["keywords-seed002"]["n"]
             assert sum(c["count"] for c in entry["classes"].values()) == n
+            answers = entry["classes"]["answer"]["count"]
+            assert harm["checkpoints"][label]["judged"] == answers
             judged = harm["checkpoints"][label]["judges"]["guard-tiny"]
-            assert judged["n"] == n and judged["unparsed"] == n and judged["harmful_rate"] is None
+            assert judged["n"] == answers and judged["unparsed"] == answers
+            assert judged["harmful_rate"] is None
+            assert judged["harmful_answer"]["n"] == n
+    # Every evaluation set at every checkpoint of every cell, and Figure 4 from them.
+    for name, kind in (("advbench-plain", "harmful"), ("benign-tiny", "benign")):
+        for cell in ("base", "full-0.001", "lora-0.001"):
+            metrics = json.loads(
+                (project / "metrics/evaluations" / name / f"{cell}.json").read_text()
+            )
+            assert metrics["kind"] == kind and metrics["evaluation"] == name
+            expected = (
+                ["ckpt-000"] if cell == "base" else ["ckpt-025", "ckpt-050", "ckpt-075", "ckpt-100"]
+            )
+            assert sorted(metrics["checkpoints"]) == expected
+    assert (project / "reports/figures/fig4_harm_vs_helpfulness.png").stat().st_size > 0
+    assert "### `benign-tiny` (benign)" in report
     validation = json.loads((project / "metrics/judge_validation.json").read_text())
     assert validation["n"] == 8 and validation["judges"]["guard-tiny"]["unparsed"] == 8
     assert (project / "dvc.lock").exists()
@@ -133,6 +151,8 @@ def test_mlflow_store_holds_a_run_per_stage_cell(smoke_project):
     names = {run.info.run_name for run in runs}
     assert {"prepare_mtpref", "prepare_advbench", "prepare_model", "report"} <= names
     assert {"train@lora-0.001", "generate_refusal@base", "eval_chrf@full-0.001"} <= names
+    assert {"prepare_evaluation@benign-tiny", "judge_evaluation@benign-tiny-lora-0.001"} <= names
+    assert "generate_evaluation@advbench-plain-base" in names
     train = next(r for r in runs if r.info.run_name == "train@full-0.001")
     history = client.get_metric_history(train.info.run_id, "loss")
     assert len(history) == 10 and {m.step for m in history} == set(range(1, 11))
@@ -167,6 +187,11 @@ def test_one_learning_rate_changes_only_its_cells(smoke_project):
                 "generate_chrf",
                 "eval_chrf",
             )
+        } | {
+            f"{stage}@{name}-{cell}"
+            for cell in new_cells
+            for name in params["evaluations"]["run"]
+            for stage in ("generate_evaluation", "judge_evaluation")
         }
         # The report declares `grid`: it is redrawn for the new rate, nothing else reruns.
         assert changed == expected | {"report"}
@@ -187,10 +212,13 @@ def test_changing_the_judges_rejudges_without_generating(smoke_project):
         params["report"]["primary_judge"] = "prefixes-advbench"
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         changed = changed_stages(smoke_project)
-        # The judges' stages, the validation of every judge against human labels, and the
-        # report (its primary judge changed too).
+        # The judges' stages (AdvBench's and every evaluation set's), the validation of every
+        # judge against human labels, and the report (its primary judge changed too).
         cells = [f"{m}-0.001" for m in params["grid"]["methods"]]
+        sets = params["evaluations"]["run"]
         assert changed == {"eval_refusal_base", *(f"eval_refusal@{c}" for c in cells)} | {
+            *(f"judge_evaluation_base@{s}" for s in sets),
+            *(f"judge_evaluation@{s}-{c}" for s in sets for c in cells),
             "validate_judges",
             "report",
         }
@@ -234,3 +262,44 @@ def test_editing_the_prompt_code_makes_the_generations_stale(smoke_project):
         assert not any(s.startswith(("train", "prepare_m", "prepare_a", "eval_")) for s in changed)
     finally:
         module.write_text(original)
+
+
+def test_adding_or_changing_an_evaluation_set_reruns_only_that_set(smoke_project):
+    params_file = smoke_project / "params.yaml"
+    original = params_file.read_text()
+    before = changed_stages(smoke_project)  # what earlier tests of this module left stale
+    cells = ["full-0.001", "lora-0.001"]
+
+    def set_stages(name):
+        return {
+            f"prepare_evaluation@{name}",
+            f"generate_evaluation_base@{name}",
+            f"judge_evaluation_base@{name}",
+            *(
+                f"{stage}@{name}-{c}"
+                for stage in ("generate_evaluation", "judge_evaluation")
+                for c in cells
+            ),
+        }
+
+    try:
+        params = yaml.safe_load(original)
+        sets = params["evaluations"]["sets"]
+        sets["benign-more"] = {**sets["benign-tiny"], "subset": 3}
+        params["evaluations"]["run"].append("benign-more")
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        # The new set's stages and the report (it lists the sets); no training, no other set.
+        assert changed_stages(smoke_project) - before == set_stages("benign-more") | {"report"}
+        dvc(smoke_project, "repro", "judge_evaluation@benign-more-lora-0.001")
+        ran = json.loads(
+            (smoke_project / "metrics/evaluations/benign-more/lora-0.001.json").read_text()
+        )
+        assert ran["prompts"] == 3
+        # Framing one set differently reruns that set alone.
+        params["evaluations"]["sets"]["benign-tiny"]["prefix"] = "Please: "
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = changed_stages(smoke_project) - before
+        assert set_stages("benign-tiny") <= changed
+        assert not any("advbench-plain" in s or s.startswith("train") for s in changed)
+    finally:
+        params_file.write_text(original)

@@ -487,6 +487,10 @@ def test_report_without_any_metrics_yet(tmp_path: Path):
     assert all(r["refusal_rate"] == "" and r["chrf"] == "" for r in rows)
     assert read_csv(result.paths["plots_refusal"]) == []
     assert imread(result.paths["fig2"]).size > 0
+    # No evaluation set listed: AdvBench's table (missing) and an empty Figure 4.
+    text = result.paths["report"].read_text()
+    assert "### `advbench` (harmful)" in text and "No benign set in `evaluations.run`" in text
+    assert imread(result.paths["fig4"]).size > 0
 
 
 def test_secret_values_never_reach_the_report(tmp_path: Path, metrics_dir: Path, monkeypatch):
@@ -589,3 +593,105 @@ def test_provenance_tolerates_no_dvc_lock_and_reads_git(tmp_path: Path):
     assert len(provenance["git"]["revision"]) == 40 and provenance["git"]["dirty"] is False
     (tmp_path / "file.txt").write_text("two\n")
     assert collect_provenance(tmp_path, {})["git"]["dirty"] is True
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation sets beyond AdvBench
+
+
+def set_metrics(kind: str, answer: int, n: int = 10) -> dict:
+    """One checkpoint of an evaluation set: `answer` answers of `n`, the rest echoes; a harmful
+    set's judge calls half the answers harmful."""
+    counts = {"degenerate": 0, "refusal": 0, "echo": n - answer, "answer": answer}
+    entry = {
+        "fraction": 1.0,
+        "step": 591,
+        "n": n,
+        "classes": {c: {"count": k, "share": k / n} for c, k in counts.items()},
+        "collapsed": False,
+    }
+    if kind == "benign":
+        entry["rates"] = {
+            name: {"count": counts[c], "n": n, "rate": counts[c] / n, "ci_low": 0.0, "ci_high": 1.0}
+            for name, c in (
+                ("over_refusal", "refusal"),
+                ("echo", "echo"),
+                ("answer", "answer"),
+                ("degenerate", "degenerate"),
+            )
+        }
+    else:
+        harmful = answer // 2
+        entry["harm"] = {
+            "guard": {
+                "harmful_answer": {
+                    "harmful_answers": harmful,
+                    "unknown": 0,
+                    "n": n,
+                    "harmful_answer_rate": harmful / n,
+                    "ci_low": 0.0,
+                    "ci_high": 1.0,
+                }
+            }
+        }
+    return {"kind": kind, "checkpoints": {"ckpt-100": entry}}
+
+
+def test_a_table_per_evaluation_set_and_the_harm_helpfulness_figure(tmp_path, metrics_dir):
+    params = make_params()
+    params["harm"] = {"judges": [{"name": "guard", "judge": "guard", "model": "m"}]}
+    params["evaluations"] = {
+        "run": ["hb", "kind-words", "not-run-yet"],
+        "sets": {
+            "hb": {"kind": "harmful", "source": "hb.csv", "prompt_column": "Behavior"},
+            "kind-words": {"kind": "benign", "source": "b.jsonl", "prompt_column": "input"},
+            "not-run-yet": {"kind": "benign", "source": "c.jsonl", "prompt_column": "input"},
+        },
+    }
+    evaluations = metrics_dir / "evaluations"
+    dump(evaluations / "hb" / "lora-0.0001.json", set_metrics("harmful", answer=8))
+    dump(evaluations / "kind-words" / "lora-0.0001.json", set_metrics("benign", answer=3))
+    result = write_report(params, metrics_dir, tmp_path / "out", data_stats=None, provenance={})
+    text = result.paths["report"].read_text()
+    section = text[text.index("\n## Evaluation sets\n") :]
+    for heading in (
+        "### `advbench` (harmful)",
+        "### `hb` (harmful)",
+        "### `kind-words` (benign)",
+        "### `not-run-yet` (benign)",
+    ):
+        assert heading in section
+    hb = section[section.index("### `hb`") : section.index("### `kind-words`")]
+    assert "| lora-0.0001 | 10 | 0.400 [0.000, 1.000] | 0.000 | 0.000 | 0.200 | 0.800 |" in hb
+    assert "| base | missing |" in hb and "| dpo-1e-05 | missing |" in hb
+    benign = section[section.index("### `kind-words`") : section.index("### `not-run-yet`")]
+    assert "| cell | n | over-refusal | echo | answer | degenerate |" in benign
+    assert "| lora-0.0001 | 10 | 0.000 [0.000, 1.000] | 0.700 [0.000, 1.000] | 0.300" in benign
+    figure = imread(result.paths["fig4"])
+    assert figure.size > 0 and np.std(figure) > 0
+
+
+def test_the_figure_pools_every_set_and_skips_a_checkpoint_a_set_lacks():
+    from safetydrift.report.evaluation_sets import SetResults, _from_metrics, helpfulness_points
+
+    def point(kind, answer, n=10):
+        return _from_metrics(set_metrics(kind, answer, n)["checkpoints"]["ckpt-100"])
+
+    results = SetResults(
+        kinds={"advbench": "harmful", "hb": "harmful", "b1": "benign", "b2": "benign"},
+        harm_judge="guard",
+        points={
+            "advbench": {"lora-0.0001": {"ckpt-100": point("harmful", 8)}},
+            "hb": {"lora-0.0001": {"ckpt-100": point("harmful", 4, n=30)}},
+            "b1": {"lora-0.0001": {"ckpt-100": point("benign", 3)}},
+            "b2": {"lora-0.0001": {"ckpt-100": point("benign", 9, n=30)}},
+        },
+    )
+    cells = [Cell("lora", 1e-4), Cell("dpo", 1e-4)]
+    (only,) = helpfulness_points(results, cells, 1e-4, [0.5, 1.0])
+    assert (only.cell, only.percent) == ("lora-0.0001", 100)
+    assert only.harmful["rate"] == pytest.approx((4 + 2) / 40)  # harmful answers pooled
+    assert only.answer["rate"] == pytest.approx((3 + 9) / 40)  # benign answers pooled
+    assert only.answer["ci_low"] < only.answer["rate"] < only.answer["ci_high"]
+    del results.points["b2"]["lora-0.0001"]
+    assert helpfulness_points(results, cells, 1e-4, [1.0]) == []

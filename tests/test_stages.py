@@ -4,6 +4,7 @@ script imports (transitively), and exactly the params keys its script reads."""
 from __future__ import annotations
 
 import ast
+import re
 import shlex
 from pathlib import Path
 
@@ -65,5 +66,6 @@ def test_every_stage_declares_exactly_the_params_its_script_reads(name):
     declared = declared_in_script(CODE.script(stage["cmd"]))
     if isinstance(declared, dict):  # one script, several measurements: `generate.py refusal`
         declared = declared[shlex.split(stage["cmd"])[2]]
-    in_dvc = [p.replace("${item.method}", "{method}") for p in stage.get("params", [])]
+    # `methods.${item.method}` in dvc.yaml is `methods.{method}` in the script's PARAMS.
+    in_dvc = [re.sub(r"\$\{item\.(\w+)\}", r"{\1}", p) for p in stage.get("params", [])]
     assert in_dvc == declared

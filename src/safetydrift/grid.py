@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from safetydrift.cells import BASE_CELL, grid_cells
+from safetydrift.evaluation_sets import evaluation_names
 from safetydrift.io import write_json
 from safetydrift.params import get, load_params
 from safetydrift.tracking import tracking_uri
@@ -78,17 +79,34 @@ def default_cells(params: dict[str, Any]) -> list[str]:
     return [cell.name for cell in ordered]
 
 
-def grid_jobs(cells: Sequence[str], valid: Sequence[str]) -> list[Job]:
-    """The base model's evaluations, then the cells in the given order: the one-at-a-time order."""
+def grid_jobs(
+    cells: Sequence[str], valid: Sequence[str], evaluations: Sequence[str] = ()
+) -> list[Job]:
+    """The base model's evaluations, then the cells in the given order: the one-at-a-time order.
+    Each job also judges the cell on every evaluation set of `evaluations.run`."""
     unknown = [cell for cell in cells if cell not in valid]
     if unknown:
         raise ValueError(
             f"unknown grid cell(s) {', '.join(unknown)}: params.yaml's grid has {', '.join(valid)}"
         )
-    jobs = [Job(BASE_CELL, ["judge_harm_base", "eval_chrf_base", "validate_judges"])]
-    # judge_harm depends on eval_refusal, which depends on the generations and the training.
-    jobs += [Job(cell, [f"judge_harm@{cell}", f"eval_chrf@{cell}"]) for cell in cells]
+    base = ["judge_harm_base", "eval_chrf_base", "validate_judges"]
+    jobs = [Job(BASE_CELL, base + [f"judge_evaluation_base@{s}" for s in evaluations])]
+    # judge_harm depends on eval_refusal, which depends on the generations and the training;
+    # judge_evaluation on the set's generations, which depend on the training too.
+    jobs += [
+        Job(
+            cell,
+            [f"judge_harm@{cell}", f"eval_chrf@{cell}"]
+            + [f"judge_evaluation@{s}-{cell}" for s in evaluations],
+        )
+        for cell in cells
+    ]
     return jobs
+
+
+def prepare_stages(evaluations: Sequence[str]) -> list[str]:
+    """The shared inputs, prepared once in the main workspace before any worker starts."""
+    return [*PREPARE_STAGES, *(f"prepare_evaluation@{s}" for s in evaluations)]
 
 
 def slowest_first(jobs: Sequence[Job]) -> list[Job]:
@@ -278,7 +296,8 @@ def run_grid(
     workspace = workspace.resolve()
     params = load_params(workspace / "params.yaml")
     valid = default_cells(params)
-    queue_jobs = grid_jobs(list(cells) if cells else valid, valid)
+    evaluations = evaluation_names(params)
+    queue_jobs = grid_jobs(list(cells) if cells else valid, valid, evaluations)
     timings_dir = (workspace / timings_dir).resolve()
     timings_dir.mkdir(parents=True, exist_ok=True)
     out = _Output(stream)
@@ -289,7 +308,7 @@ def run_grid(
     started = time.perf_counter()
     done: list[Job] = []
 
-    prepare = _repro_here("prepare", PREPARE_STAGES, workspace, timings_dir, env, out)
+    prepare = _repro_here("prepare", prepare_stages(evaluations), workspace, timings_dir, env, out)
     done.append(prepare)
     if prepare.returncode != 0:
         return _finish(done, 1, started)

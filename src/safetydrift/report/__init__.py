@@ -29,6 +29,7 @@ from safetydrift.io import atomic_path, read_json, write_csv, write_json
 from safetydrift.lockfile import lock_provenance
 from safetydrift.paper import deviations, figures_source, paper_model, published_figures
 from safetydrift.params import ParamError, flatten, get
+from safetydrift.report import evaluation_sets as sets_report
 from safetydrift.report import responses as responses_report
 
 DEFAULT_FIXED_LR = 5e-5
@@ -1078,7 +1079,8 @@ def _responses_section(
         "Cohen's kappa between every two judges over all cells and checkpoints (95% "
         "bootstrap interval), on one question: does the response count against the model's "
         "safety (keyword judges: no refusal; `response-class`: an answer; model judges: "
-        "harmful)? Responses a model judge could not read are left out of its pairs.",
+        "harmful)? A model judge's pairs hold only the responses it judged (their class is in "
+        "`harm.judged_classes`) and could read.",
         "",
         *responses_report._table(
             ["judge A", "judge B", "kappa", "interval", "n"],
@@ -1167,6 +1169,20 @@ def write_report(
         ),
         paths["fig1_harm"],
     )
+    sets = sets_report.collect_sets(params, results.cells, responses, root)
+    paths["fig4"] = out_dir / sets_report.FIG_SETS
+    _save_figure(
+        sets_report.helpfulness_figure(
+            sets_report.helpfulness_points(
+                sets, results.cells, fixed_lr, _checkpoint_fractions(params)
+            ),
+            fixed_lr,
+            responses.harm_judge,
+            _new_figure,
+            _method_style,
+        ),
+        paths["fig4"],
+    )
     _save_figure(tradeoff_figure(results, fixed_lr), paths["fig1"])
     _save_figure(lr_curves_figure(results), paths["fig2"])
     _save_figure(
@@ -1185,6 +1201,9 @@ def write_report(
     write_json(paths["plots_template"], dvc_plot_template())
 
     response_lines = _responses_section(params, results, responses, root, out_dir, fixed_lr)
+    response_lines += sets_report.section(
+        sets, results.cells, fixed_lr, results.final_checkpoint, sets_report.FIG_SETS
+    )
     markdown = render_markdown(
         params, results, data_stats=data_stats, provenance=provenance, responses=response_lines
     )
