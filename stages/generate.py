@@ -122,6 +122,7 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
             "prompts": len(ids),
             "device": device,
             "backend": settings.backend,
+            "deterministic": settings.deterministic,  # generation.deterministic
             "engine": ", ".join(sorted(engines)),  # differs from `backend` after a fallback
             "checkpoints": [
                 {"label": c.label, "fraction": c.fraction, "step": c.step} for c in checkpoints
