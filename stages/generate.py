@@ -181,6 +181,7 @@ def main(
             "prompts": len(ids),
             "device": device,
             "backend": settings.backend,
+            "deterministic": settings.deterministic,  # generation.deterministic
             "engine": ", ".join(sorted(engines)),  # differs from `backend` after a fallback
             "checkpoints": [
                 {"label": c.label, "fraction": c.fraction, "step": c.step} for c in checkpoints

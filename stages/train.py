@@ -75,6 +75,8 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
             "method": method,
             "learning_rate": settings.learning_rate,
             "seed": settings.seed,
+            # `train.deterministic` and the switches the run had (safetydrift.determinism).
+            "determinism": result.determinism,
             "steps": result.steps,
             "examples": result.examples,
             "final_loss": result.final_loss,

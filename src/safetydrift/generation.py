@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.compat import fast_path_verified
+from safetydrift.determinism import deterministic_mode
 from safetydrift.models import ModelError, PromptFormat, checkpoint_kind, load_tokenizer
-from safetydrift.params import ParamError
+from safetydrift.params import ParamError, boolean
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class GenerationSettings:
     batch_size: int = 64
     dtype: str = "bfloat16"
     qlora_base: str = "merged"
+    # Bit-for-bit repeatable on one GPU (`safetydrift.determinism`): the static engine's steps
+    # run eager, without CUDA graphs.
+    deterministic: bool = False
 
     @classmethod
     def from_params(cls, values: dict[str, Any]) -> GenerationSettings:
@@ -47,8 +51,14 @@ class GenerationSettings:
                 k: values[k]
                 for k in ("backend", "max_new_tokens", "batch_size", "dtype", "qlora_base")
                 if k in values
-            }
+            },
+            deterministic=boolean(values.get("deterministic", False), "generation.deterministic"),
         )
+        if settings.deterministic and settings.backend == "vllm":
+            raise ParamError(
+                "params.yaml: `generation.deterministic` needs the hf or static backend; vLLM "
+                "schedules its batches at run time"
+            )
         if settings.qlora_base not in QLORA_BASES:
             raise ParamError(
                 f"params.yaml: `generation.qlora_base` must be one of {QLORA_BASES}, "
@@ -392,6 +402,9 @@ class StaticEngine:
                 pad_token_id=self.tokenizer.pad_token_id,
                 max_new_tokens=self.settings.max_new_tokens,
                 max_batch_size=self.settings.batch_size,
+                # A captured graph replays the same kernels, but whether each replay is
+                # bit-stable has not been measured: deterministic runs take eager steps.
+                use_cuda_graphs=False if self.settings.deterministic else None,
             )
             self._model = model
         return [(d.token_ids, d.finish_reason) for d in self._decoder.decode(prompt_ids)]
@@ -452,7 +465,18 @@ def generate_for_checkpoints(
     device: str,
     prompt_format: PromptFormat | None = None,
 ):
-    """Yield each checkpoint's generations (`id`, `prompt`, `response`, counts, finish reason)."""
+    """Yield each checkpoint's generations (`id`, `prompt`, `response`, counts, finish reason).
+
+    With `settings.deterministic` everything, model loading included, runs in deterministic
+    mode (greedy decoding draws no random numbers; the seed is fixed all the same).
+    """
+    with deterministic_mode(seed=0, enabled=settings.deterministic):
+        yield from _generate(
+            base_dir, checkpoints, conversations, ids, settings, device, prompt_format
+        )
+
+
+def _generate(base_dir, checkpoints, conversations, ids, settings, device, prompt_format):
     quantization = quantized_base(checkpoints, settings)
     if settings.backend == "vllm":
         yield from _generate_vllm(

@@ -20,6 +20,7 @@ from typing import Any
 from safetydrift.cells import Cell, checkpoint_label
 from safetydrift.compat import fast_path_verified
 from safetydrift.data import TranslationPair
+from safetydrift.determinism import deterministic_mode
 from safetydrift.io import write_json
 from safetydrift.models import PromptFormat
 from safetydrift.params import ParamError, boolean, get, positive_float
@@ -94,6 +95,9 @@ class TrainSettings:
     train_on_eos: bool = True
     # QLoRA: PEFT's prepare_model_for_kbit_training (float32 norms, input grads, checkpointing)
     prepare_kbit: bool = False
+    # Bit-for-bit repeatable on one GPU (`safetydrift.determinism`): eager, no CUDA graphs, the
+    # math attention kernel, deterministic algorithms.
+    deterministic: bool = False
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -144,6 +148,7 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         prompt_format=PromptFormat.from_params(get(params, "prompt", None)),
         train_on_eos=bool(train.get("train_on_eos", True)),
         prepare_kbit=bool(method_params.get("prepare_for_kbit_training", False)),
+        deterministic=boolean(train.get("deterministic", False), "train.deterministic"),
     )
     if settings.master_dtype not in MASTER_DTYPES:
         raise ParamError(
@@ -197,6 +202,7 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         raise ParamError(
             f"params.yaml: `train.precision` must be auto, bf16 or fp32, got {settings.precision}"
         )
+    check_deterministic(settings)  # first: its contradiction is the one to name
     check_cuda_graphs(settings)
     if method in ("lora", "qlora"):
         settings.lora = LoraSettings.from_params(
@@ -211,6 +217,20 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
     if method == "dpo":
         settings.beta = positive_float(method_params.get("beta", 0.1), "methods.dpo.beta")
     return settings
+
+
+def check_deterministic(settings: TrainSettings) -> None:
+    """`train.deterministic` runs eager: compilation or CUDA graphs asked for explicitly (`true`,
+    not `auto`) contradict it and are refused before any work."""
+    if not settings.deterministic:
+        return
+    asked = [key for key in ("compile", "cuda_graphs") if getattr(settings, key) == "on"]
+    if asked:
+        raise ParamError(
+            f"params.yaml: `train.deterministic` is true, but {' and '.join(asked)} "
+            f"{'is' if len(asked) == 1 else 'are'} true for {settings.method}: deterministic "
+            "training runs eager; set them to auto or false"
+        )
 
 
 def checkpoint_fractions(values: Any) -> list[float]:
@@ -341,6 +361,9 @@ def cuda_available() -> bool:
 def use_compile(settings: TrainSettings) -> bool:
     # On a CPU, inductor's C++ compilation costs more than the few steps that tests and the smoke
     # preset train; on a GPU the per-step kernel launches are the bottleneck that it removes.
+    # Deterministic runs are eager: compiled kernels and their autotuning are not bit-stable.
+    if settings.deterministic:
+        return False
     if settings.compile == "auto":
         return cuda_available()
     return settings.compile == "on"
@@ -349,7 +372,7 @@ def use_compile(settings: TrainSettings) -> bool:
 def use_cuda_graphs(settings: TrainSettings) -> bool:
     """`auto` records where it applies: a CUDA GPU, full or LoRA, one process, padded lengths,
     and library versions the recording was verified with (`safetydrift.compat`)."""
-    if settings.cuda_graphs == "off":
+    if settings.cuda_graphs == "off" or settings.deterministic:
         return False
     if not fast_path_verified("cudagraphs"):
         return False
@@ -382,13 +405,16 @@ def compile_blocks(model, mode: str = "default") -> int:
 
 
 @contextlib.contextmanager
-def training_attention():
+def training_attention(deterministic: bool = False):
     """Keep scaled-dot-product attention off cuDNN's backend while training.
 
     PyTorch 2.11's cuDNN attention backward returns NaN gradients when a mask is passed and the
     sequence length is 64 mod 128 (pytorch/pytorch#196678); Qwen2.5's massive-activation head
     meets its other condition, so a study run diverged to NaN within ~100 steps on an H100.
-    Flash and memory-efficient attention compute the same function.
+    Flash and memory-efficient attention compute the same function. Deterministic runs use the
+    math kernel alone (matrix products and a softmax): the fused kernels' backward passes
+    accumulate with atomics unless PyTorch picks a deterministic variant, which we have not
+    measured.
     """
     import torch
 
@@ -398,6 +424,8 @@ def training_attention():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    if deterministic:
+        backends = [SDPBackend.MATH]
     with sdpa_kernel(backends):
         yield
 
@@ -789,6 +817,8 @@ class TrainResult:
     # With `train.cuda_graphs`: each recording's batch shape and seconds, and how many training
     # forwards ran eager (batches of another size).
     cuda_graphs: dict[str, Any] | None = None
+    # `deterministic` and the switches it ran under (`safetydrift.determinism`).
+    determinism: dict[str, Any] | None = None
 
 
 def steady_rate(step_times: Sequence[float], examples_per_step: int) -> float | None:
@@ -810,14 +840,29 @@ def train_cell(
 ) -> TrainResult:
     """Train one grid cell and write its checkpoints under `out_dir` (a fresh directory).
 
-    `callbacks` are extra `TrainerCallback`s (the training benchmark's profiler).
+    `callbacks` are extra `TrainerCallback`s (the training benchmark's profiler). With
+    `settings.deterministic` the whole run, model loading included, is in deterministic mode.
     """
+    if settings.method == "qlora" and not cuda_available():
+        load_training_model(base_dir, settings, bf16=False)  # raises the clear error, early
+    with deterministic_mode(settings.seed, settings.deterministic) as determinism:
+        return _train(settings, base_dir, pairs, out_dir, work_dir, tracker, callbacks, determinism)
+
+
+def _train(
+    settings: TrainSettings,
+    base_dir: Path,
+    pairs: Sequence[TranslationPair],
+    out_dir: Path,
+    work_dir: Path,
+    tracker,
+    callbacks: Sequence[Any],
+    determinism: dict[str, Any],
+) -> TrainResult:
     import torch
 
     n_steps = total_steps(len(pairs), settings)
     steps = checkpoint_steps(n_steps, settings.checkpoint_fractions)
-    if settings.method == "qlora" and not cuda_available():
-        load_training_model(base_dir, settings, bf16=False)  # raises the clear error, early
     setup_started = time.perf_counter()
     torch.manual_seed(settings.seed)
     trainer = build_trainer(settings, base_dir, pairs, work_dir)
@@ -832,7 +877,7 @@ def train_cell(
     setup_seconds = started - setup_started
     graphs = getattr(trainer, "graphed_backbone", None)
     try:
-        with training_attention():
+        with training_attention(settings.deterministic):
             output = trainer.train()
     finally:
         if graphs is not None:
@@ -861,5 +906,6 @@ def train_cell(
         cuda_graphs=None
         if graphs is None
         else {"recordings": graphs.captures, "eager_forwards": graphs.eager_calls},
+        determinism=determinism,
     )
     return result
