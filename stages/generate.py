@@ -23,7 +23,7 @@ from safetydrift.generation import (
     base_checkpoint,
     generate_for_checkpoints,
     import_libraries,
-    list_checkpoints,
+    trained_checkpoints,
 )
 from safetydrift.io import atomic_dir, write_json, write_jsonl
 from safetydrift.models import PromptFormat, default_device
@@ -33,6 +33,7 @@ from safetydrift.stage import (
     ADVBENCH_FILE,
     BASE_MODEL_DIR,
     GENERATIONS_DIR,
+    INTERMEDIATE_DIR,
     MODELS_DIR,
     MTPREF_DIR,
     TIMINGS_DIR,
@@ -75,7 +76,7 @@ def prompts_file(measurement: str, evaluation: str | None = None) -> Path:
 def cell_checkpoints(cell: str):
     if cell == BASE_CELL:
         return [base_checkpoint(BASE_MODEL_DIR)]
-    return list_checkpoints(MODELS_DIR / cell)
+    return trained_checkpoints(MODELS_DIR / cell, INTERMEDIATE_DIR / cell)
 
 
 def measurement_prompts(

@@ -1,5 +1,8 @@
 """DVC stage `train@METHOD-LR`: fine-tune one grid cell; checkpoints into models/METHOD-LR/.
 
+With `train.keep_checkpoints: final` only the last checkpoint stays in that output; the earlier
+ones go to models/.intermediate/METHOD-LR/ until their generations exist (README, "Disk").
+
 With `train.num_processes` > 1 the stage reruns itself under `accelerate launch` (DDP, or FSDP
 with `train.distributed: fsdp`); DVC sees the launcher's exit status.
 """
@@ -22,6 +25,7 @@ from safetydrift.params import load_params
 from safetydrift.process import process_age_seconds
 from safetydrift.stage import (
     BASE_MODEL_DIR,
+    INTERMEDIATE_DIR,
     MODELS_DIR,
     MTPREF_DIR,
     TIMINGS_DIR,
@@ -33,6 +37,16 @@ from safetydrift.stage import (
 
 PARAMS = ["train", "methods.{method}", "prompt"]
 TRAINER_SCRATCH = ".trainer"
+
+
+def set_aside_intermediate(out_dir: Path, intermediate_dir: Path) -> None:
+    """`train.keep_checkpoints: final`: move every checkpoint but the last out of the output into
+    `intermediate_dir`, with a copy of training.json that ties them to this training."""
+    checkpoints = sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
+    with atomic_dir(intermediate_dir) as tmp:
+        for checkpoint in checkpoints[:-1]:
+            shutil.move(checkpoint, tmp / checkpoint.name)
+        shutil.copy2(out_dir / "training.json", tmp / "training.json")
 
 
 def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dict[str, Any]:
@@ -85,8 +99,14 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
             if result.cuda_graphs is None
             else {"recordings": [c["shape"] for c in result.cuda_graphs["recordings"]]},
             "checkpoints": result.checkpoints,
+            "keep_checkpoints": settings.keep_checkpoints,
         }
         write_json(tmp_out / "training.json", summary)
+        if settings.keep_checkpoints == "final":
+            set_aside_intermediate(tmp_out, INTERMEDIATE_DIR / cell.name)
+        else:
+            # Set aside by an earlier `final` run: this output holds every checkpoint now.
+            shutil.rmtree(INTERMEDIATE_DIR / cell.name, ignore_errors=True)
         # Where the time went differs on every run, so it stays out of DVC's outputs: MLflow's
         # metrics and timings/train/CELL.json. A fresh process's time: imports; loading model
         # and data and building the trainer (compilation happens in the first steps, inside

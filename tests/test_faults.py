@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURES, copy_project, dvc, load_stage, stage_env
+from conftest import FIXTURES, copy_project, dvc, load_stage, small_filesystem, stage_env
 
 from safetydrift.data import (
     HUB_TIMEOUT_SECONDS,
@@ -459,17 +459,6 @@ def test_generating_twice_on_the_same_inputs_writes_the_same_bytes(
     assert json.loads(runs[0]["generation.json"])["checkpoints"][0]["label"] == "ckpt-000"
     timing = json.loads((tmp_path / "timings" / "generate_refusal" / "base.json").read_text())
     assert timing["stage_seconds"] > 0 and "ckpt-000" in timing["generation_seconds"]
-
-
-def small_filesystem(path: Path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_output(project):

@@ -106,7 +106,20 @@ def _grid(args: argparse.Namespace) -> None:
     from safetydrift.timing import markdown_table
 
     jobs = args.jobs if args.jobs is not None else int(get(load_params(), "runtime.jobs", 1))
-    run = run_grid(Path.cwd(), args.cells, jobs=jobs, timings_dir=args.timings)
+    if args.estimate:
+        from safetydrift.disk import describe
+        from safetydrift.grid import disk_estimate
+
+        print(describe(disk_estimate(Path.cwd(), args.cells, jobs)))
+        return
+    run = run_grid(
+        Path.cwd(),
+        args.cells,
+        jobs=jobs,
+        timings_dir=args.timings,
+        check_disk=not args.skip_disk_check,
+        gpus=args.gpus,
+    )
     summary = write_summary(run, args.summary)
     print(markdown_table(summary))
     print(
@@ -245,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="cells run side by side on the same machine (default: params' `runtime.jobs`)",
+    )
+    grid.add_argument(
+        "--gpus",
+        help="GPUs the cells run on, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else all); "
+        "side by side, each worker's cells get one, round-robin",
+    )
+    grid.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the disk the cells will fill and the free space, and run nothing",
+    )
+    grid.add_argument(
+        "--skip-disk-check",
+        action="store_true",
+        help="train even when the disk estimate says the outputs will not fit",
     )
     grid.add_argument("--timings", type=Path, default=Path("reports/timings"))
     grid.add_argument("--summary", type=Path, default=Path("reports/grid-timings.json"))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from safetydrift.cells import checkpoint_label
 from safetydrift.compat import fast_path_verified
 from safetydrift.determinism import deterministic_mode
 from safetydrift.models import ModelError, PromptFormat, checkpoint_kind, load_tokenizer
@@ -157,6 +158,44 @@ def list_checkpoints(cell_dir: Path) -> list[Checkpoint]:
     if not found:
         raise ModelError(f"{cell_dir}: holds no ckpt-* checkpoint")
     return sorted(found, key=lambda c: c.fraction)
+
+
+def trained_checkpoints(cell_dir: Path, intermediate_dir: Path) -> list[Checkpoint]:
+    """Every checkpoint a cell's training wrote, in order of training progress.
+
+    With `train.keep_checkpoints: final` the train stage's output (`cell_dir`) holds the last
+    checkpoint only and the earlier ones wait in `intermediate_dir`, beside a copy of the
+    output's training.json. Their generations depend on them through that record: the same
+    training wrote both, so a byte-identical copy says they belong together, and a retraining
+    (which changes the output and so reruns this stage) writes them again.
+    """
+    import json
+
+    kept = list_checkpoints(cell_dir)
+    record_file = cell_dir / "training.json"
+    if not record_file.exists():
+        return kept
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    labels = {c.label for c in kept}
+    written = [checkpoint_label(float(c["fraction"])) for c in record["checkpoints"]]
+    missing = [label for label in written if label not in labels]
+    if not missing:
+        return kept
+    beside = intermediate_dir / "training.json"
+    if not beside.exists() or beside.read_bytes() != record_file.read_bytes():
+        cell = cell_dir.name
+        raise ModelError(
+            f"{cell_dir} holds only the final checkpoint (`train.keep_checkpoints: final`) and "
+            f"{intermediate_dir} no longer holds this training's {', '.join(missing)}: their "
+            "weights were deleted once their generations existed. To generate from them again, "
+            f"retrain the cell (`dvc repro --force train@{cell}`), with "
+            "`train.keep_checkpoints: all` to keep every checkpoint's weights"
+        )
+    found = {c.label: c for c in list_checkpoints(intermediate_dir)}
+    absent = [label for label in missing if label not in found]
+    if absent:
+        raise ModelError(f"{intermediate_dir}: lacks {', '.join(absent)} (training.json lists it)")
+    return sorted([*kept, *(found[label] for label in missing)], key=lambda c: c.fraction)
 
 
 def base_checkpoint(base_dir: Path) -> Checkpoint:

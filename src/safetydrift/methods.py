@@ -37,6 +37,10 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 GRAPHED_METHODS = ("full", "lora")
 MASTER_DTYPES = ("float32", "bfloat16")
 CHECKPOINT_INFO_FILE = "checkpoint.json"
+# `train.keep_checkpoints`: every checkpoint's weights stay in the train stage's DVC output
+# (`all`, for audits), or only the final one's (`final`): the others are set aside until their
+# generations exist, then deleted (README, "Disk").
+KEEP_CHECKPOINTS = ("all", "final")
 
 
 @dataclass
@@ -98,6 +102,7 @@ class TrainSettings:
     # Bit-for-bit repeatable on one GPU (`safetydrift.determinism`): eager, no CUDA graphs, the
     # math attention kernel, deterministic algorithms.
     deterministic: bool = False
+    keep_checkpoints: str = "all"  # KEEP_CHECKPOINTS
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -149,6 +154,7 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         train_on_eos=bool(train.get("train_on_eos", True)),
         prepare_kbit=bool(method_params.get("prepare_for_kbit_training", False)),
         deterministic=boolean(train.get("deterministic", False), "train.deterministic"),
+        keep_checkpoints=keep_checkpoints_setting(train.get("keep_checkpoints", "all")),
     )
     if settings.master_dtype not in MASTER_DTYPES:
         raise ParamError(
@@ -231,6 +237,16 @@ def check_deterministic(settings: TrainSettings) -> None:
             f"{'is' if len(asked) == 1 else 'are'} true for {settings.method}: deterministic "
             "training runs eager; set them to auto or false"
         )
+
+
+def keep_checkpoints_setting(value: Any) -> str:
+    """`train.keep_checkpoints`: all or final."""
+    if value not in KEEP_CHECKPOINTS:
+        raise ParamError(
+            f"params.yaml: `train.keep_checkpoints` must be one of {', '.join(KEEP_CHECKPOINTS)}, "
+            f"got {value!r}"
+        )
+    return str(value)
 
 
 def checkpoint_fractions(values: Any) -> list[float]:
