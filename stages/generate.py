@@ -79,6 +79,19 @@ def main(params: dict[str, Any], measurement: str, cell: str) -> dict[str, Any]:
     checkpoints = cell_checkpoints(cell)
     ids, conversations, references = measurement_prompts(params, measurement, cell)
     stage = f"generate_{measurement}"
+    if measurement == "chrf" and not ids:
+        # A study without translation data (`data.mtpref.source: null`): nothing to translate,
+        # so no model is loaded; eval_chrf and the report say that chrF was not measured.
+        skipped = {
+            "cell": cell,
+            "measurement": measurement,
+            "prompts": 0,
+            "skipped": f"no translation test set ({MTPREF_DIR / 'test.jsonl'} is empty)",
+            "checkpoints": [],
+        }
+        with atomic_dir(GENERATIONS_DIR / measurement / cell) as tmp:
+            write_json(tmp / "generation.json", skipped)
+        return skipped
     timings: dict[str, float] = {}
     load_timings: dict[str, float] = {}
     engines: set[str] = set()
