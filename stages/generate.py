@@ -62,7 +62,10 @@ def measurement_prompts(params: dict[str, Any], measurement: str, cell: str = ""
             [prompts.conversation(r["prompt"], base) for r in rows],
             None,
         )
-    pairs = read_pairs(MTPREF_DIR / "test.jsonl")
+    test_file = MTPREF_DIR / "test.jsonl"
+    if not test_file.read_text(encoding="utf-8").strip():
+        return [], [], []  # no translation data (`data.mtpref.source: null`): nothing to score
+    pairs = read_pairs(test_file)
     indexed = prompts.select([{"id": i, "pair": p} for i, p in enumerate(pairs)])
     return (
         [r["id"] for r in indexed],

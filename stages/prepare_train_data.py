@@ -37,7 +37,11 @@ def main(params: dict[str, Any], out_dir: Path = CHAT_DIR) -> dict[str, Any]:
         run.log_metrics(
             {
                 "train_rows": stats["train_rows"],
-                **{f"rows_used.{name}": s["rows_used"] for name, s in stats["sources"].items()},
+                # MLflow's names allow no brackets: `mix[0]` is logged as `rows_used.mix.0`.
+                **{
+                    f"rows_used.{name.replace('[', '.').rstrip(']')}": s["rows_used"]
+                    for name, s in stats["sources"].items()
+                },
             }
         )
         run.log_artifact(out_dir / "stats.json")
