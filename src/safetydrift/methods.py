@@ -2,8 +2,8 @@
 
 full and lora/qlora are TRL SFT on (user: bare source text, assistant: `chosen`), or on chat
 conversations (`safetydrift.training_data`), with the loss on the answer's tokens only; dpo is TRL
-DPO on (`chosen`, `rejected`) with full weights. Rows are
-tokenized here, in `prompt.format` (the same text generation encodes), and handed to TRL as ids.
+DPO on (`chosen`, `rejected`) with full weights. Rows are tokenized here, in `prompt.format` (the
+same text generation encodes), and handed to TRL as ids.
 Every method shares the study's schedule; only the learning rate varies across the grid.
 """
 
