@@ -104,7 +104,10 @@ def measurement_prompts(
             [prompts.conversation(r["prompt"], base) for r in rows],
             None,
         )
-    pairs = read_pairs(MTPREF_DIR / "test.jsonl")
+    test_file = MTPREF_DIR / "test.jsonl"
+    if not test_file.read_text(encoding="utf-8").strip():
+        return [], [], []  # no translation data (`data.mtpref.source: null`): nothing to score
+    pairs = read_pairs(test_file)
     indexed = prompts.select([{"id": i, "pair": p} for i, p in enumerate(pairs)])
     return (
         [r["id"] for r in indexed],
@@ -127,6 +130,19 @@ def main(
     stage = f"generate_{measurement}"
     # The MLflow run and timings file of a set's stage: `generate_evaluation@SET-CELL`.
     run_cell = f"{evaluation}-{cell}" if evaluation else cell
+    if measurement == "chrf" and not ids:
+        # A study without translation data (`data.mtpref.source: null`): nothing to translate,
+        # so no model is loaded; eval_chrf and the report say that chrF was not measured.
+        skipped = {
+            "cell": cell,
+            "measurement": measurement,
+            "prompts": 0,
+            "skipped": f"no translation test set ({MTPREF_DIR / 'test.jsonl'} is empty)",
+            "checkpoints": [],
+        }
+        with atomic_dir(GENERATIONS_DIR / measurement / cell) as tmp:
+            write_json(tmp / "generation.json", skipped)
+        return skipped
     timings: dict[str, float] = {}
     load_timings: dict[str, float] = {}
     engines: set[str] = set()

@@ -2,6 +2,8 @@
 
 With `train.keep_checkpoints: final` only the last checkpoint stays in that output; the earlier
 ones go to models/.intermediate/METHOD-LR/ until their generations exist (README, "Disk").
+It trains on data/mtpref/train.jsonl or data/chat/train.jsonl, as `train_data.kind` says (dvc.yaml
+depends on the same path), and records how many examples `train.max_length` cut.
 
 With `train.num_processes` > 1 the stage reruns itself under `accelerate launch` (DDP, or FSDP
 with `train.distributed: fsdp`); DVC sees the launcher's exit status.
@@ -18,24 +20,24 @@ from typing import Any
 
 from safetydrift import tracking
 from safetydrift.cells import Cell
-from safetydrift.data import read_pairs
+from safetydrift.chat_data import data_kind
 from safetydrift.io import atomic_dir, write_json
 from safetydrift.methods import distributed_launch, train_cell, train_settings
-from safetydrift.params import load_params
+from safetydrift.params import get, load_params
 from safetydrift.process import process_age_seconds
 from safetydrift.stage import (
     BASE_MODEL_DIR,
     INTERMEDIATE_DIR,
     MODELS_DIR,
-    MTPREF_DIR,
     TIMINGS_DIR,
     declared_params,
     elapsed,
     run_stage,
     study_name,
 )
+from safetydrift.training_data import check_method, read_training_examples, train_file
 
-PARAMS = ["train", "methods.{method}", "prompt"]
+PARAMS = ["train", "methods.{method}", "prompt", "train_data.kind"]
 TRAINER_SCRATCH = ".trainer"
 
 
@@ -53,8 +55,11 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
     startup_seconds = process_age_seconds()
     started = time.perf_counter()
     settings = train_settings(params, method, learning_rate)  # every check before any loading
+    kind = data_kind(get(params, "train_data", None))
+    check_method(kind, method)
     cell = Cell(method, settings.learning_rate)
-    pairs = read_pairs(MTPREF_DIR / "train.jsonl")
+    data_file = train_file(kind)
+    pairs = read_training_examples(kind, data_file)
     if int(os.environ.get("RANK", "0")) != 0:
         # Other ranks of an `accelerate launch` train alongside rank 0, which alone writes
         # the checkpoints and tracks the run.
@@ -74,7 +79,7 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
             "train",
             logged,
             cell=cell.name,
-            inputs={str(MTPREF_DIR / "train.jsonl"): "training", str(BASE_MODEL_DIR): "training"},
+            inputs={str(data_file): "training", str(BASE_MODEL_DIR): "training"},
         ) as run,
         atomic_dir(MODELS_DIR / cell.name) as tmp_out,
     ):
@@ -100,6 +105,7 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
             else {"recordings": [c["shape"] for c in result.cuda_graphs["recordings"]]},
             "checkpoints": result.checkpoints,
             "keep_checkpoints": settings.keep_checkpoints,
+            "truncation": result.truncation,
         }
         write_json(tmp_out / "training.json", summary)
         if settings.keep_checkpoints == "final":
@@ -127,6 +133,11 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
             {
                 **{key: value for key, value in timing.items() if isinstance(value, float | int)},
                 "final_loss": result.final_loss,
+                **{
+                    key: value
+                    for key, value in (result.truncation or {}).items()
+                    if key.endswith(("_examples", "_tokens"))
+                },
             }
         )
     write_json(TIMINGS_DIR / "train" / f"{cell.name}.json", timing)

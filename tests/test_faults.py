@@ -101,6 +101,21 @@ def mtpref_file(name: str, lines: list[dict | str]):
     return edit
 
 
+def chat_file(name: str, rows: list[dict], **train_data):
+    """Chat training rows in the project, made `train_data.source` (kind chat)."""
+
+    def edit(params, project):
+        (project / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        params["train_data"] = {"kind": "chat", "source": name, **train_data}
+
+    return edit
+
+
+EXCHANGE = {
+    "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]
+}
+
+
 def tower_row(chosen: str | None = "Hello.") -> dict:
     row = {
         "prompt": "<|im_start|>user\nTranslate the following German source text to English:\n"
@@ -199,6 +214,25 @@ CASES = [
         ["stages/prepare_mtpref.py"],
         mtpref_file("mt.jsonl", [tower_row(), "{broken"]),
         "mt.jsonl, line 2: not valid JSON",
+    ),
+    (
+        "chat row without an answer",
+        ["stages/prepare_train_data.py"],
+        chat_file("chat.jsonl", [EXCHANGE, {"messages": [{"role": "user", "content": "Hi"}]}]),
+        "chat.jsonl, row 2: `messages` must end with the assistant's non-empty answer",
+    ),
+    (
+        "chat mix larger than its source",
+        ["stages/prepare_train_data.py"],
+        chat_file("chat.jsonl", [EXCHANGE], mix=[{"source": "chat.jsonl", "n": 2, "seed": 0}]),
+        "`train_data.mix[0].n` is 2, but chat.jsonl has 1 rows",
+    ),
+    (
+        "DPO on chat data",
+        ["stages/train.py", "--method", "dpo", "--lr", "0.001"],
+        chat_file("chat.jsonl", [EXCHANGE]),
+        "`train_data.kind` is chat, whose conversations have one answer each, but "
+        "`grid.methods` holds dpo",
     ),
     (
         "unknown data file type",

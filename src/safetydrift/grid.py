@@ -42,14 +42,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from safetydrift.cells import BASE_CELL, grid_cells
-from safetydrift.evaluation_sets import evaluation_names
 from safetydrift.disk import DiskEstimate, describe, estimate, refuse_if_short
+from safetydrift.evaluation_sets import evaluation_names
 from safetydrift.io import write_json
 from safetydrift.params import get, load_params
 from safetydrift.stage import INTERMEDIATE_DIR
 from safetydrift.tracking import tracking_uri
 
-PREPARE_STAGES = ("prepare_model", "prepare_mtpref", "prepare_advbench", "prepare_judge_models")
+PREPARE_STAGES = (
+    "prepare_model",
+    "prepare_mtpref",
+    "prepare_train_data",
+    "prepare_advbench",
+    "prepare_judge_models",
+)
 # Methods by how long a cell takes, slowest first (the stand-in grid on an H100, 4 cells at a
 # time: QLoRA ~330 s, LoRA ~300 s, DPO ~270 s, full ~230 s, the base model's evaluations 80 s).
 SLOWEST_FIRST = ("qlora", "lora", "dpo", "full")

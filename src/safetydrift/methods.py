@@ -1,8 +1,9 @@
 """The study's fine-tuning methods as thin recipes over TRL and PEFT.
 
-full and lora/qlora are TRL SFT on (user: bare source text, assistant: `chosen`) with the loss on
-the assistant tokens only; dpo is TRL DPO on (`chosen`, `rejected`) with full weights. Rows are
-tokenized here, in `prompt.format` (the same text generation encodes), and handed to TRL as ids.
+full and lora/qlora are TRL SFT on (user: bare source text, assistant: `chosen`), or on chat
+conversations (`safetydrift.training_data`), with the loss on the answer's tokens only; dpo is TRL
+DPO on (`chosen`, `rejected`) with full weights. Rows are tokenized here, in `prompt.format` (the
+same text generation encodes), and handed to TRL as ids.
 Every method shares the study's schedule; only the learning rate varies across the grid.
 """
 
@@ -24,6 +25,12 @@ from safetydrift.determinism import deterministic_mode
 from safetydrift.io import write_json
 from safetydrift.models import PromptFormat
 from safetydrift.params import ParamError, boolean, get, positive_float
+from safetydrift.training_data import (
+    TrainingExample,
+    count_preference_truncation,
+    encode_example,
+    fit_to_max_length,
+)
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +469,7 @@ def use_bf16(settings: TrainSettings) -> bool:
 
 
 def sft_rows(
-    pairs: Sequence[TranslationPair],
+    pairs: Sequence[TrainingExample],
     tokenizer,
     prompt_format: PromptFormat,
     train_on_eos: bool = True,
@@ -472,9 +479,7 @@ def sft_rows(
     prompt_format.check(tokenizer)
     rows = []
     for pair in pairs:
-        prompt_ids, completion_ids = prompt_format.encode_exchange(
-            tokenizer, pair.source_text, pair.chosen
-        )
+        prompt_ids, completion_ids = encode_example(pair, tokenizer, prompt_format)
         mask = [0] * len(prompt_ids) + [1] * len(completion_ids)
         if not train_on_eos:
             mask = [
@@ -621,7 +626,7 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path, bf16: bool) -> 
 
 
 def build_trainer(
-    settings: TrainSettings, base_dir: Path, pairs: Sequence[TranslationPair], work_dir: Path
+    settings: TrainSettings, base_dir: Path, pairs: Sequence[TrainingExample], work_dir: Path
 ):
     import datasets
 
@@ -641,19 +646,23 @@ def build_trainer(
         from trl import DPOConfig, DPOTrainer
 
         config = DPOConfig(**common, beta=settings.beta, padding_free=settings.padding_free)
-        dataset = datasets.Dataset.from_list(dpo_rows(pairs, tokenizer, settings.prompt_format))
+        rows = dpo_rows(pairs, tokenizer, settings.prompt_format)
+        truncation = count_preference_truncation(rows, settings.max_length)
+        dataset = datasets.Dataset.from_list(rows)
         # The frozen reference model, loaded as TRL would (the base weights in the policy's
         # dtype), so that its blocks can be compiled too.
         reference = load_training_model(base_dir, settings, bf16)
         if compiled:
             compile_blocks(reference, settings.compile_mode)
-        return pretokenized_dpo_trainer(DPOTrainer)(
+        trainer = pretokenized_dpo_trainer(DPOTrainer)(
             model=model,
             ref_model=reference,
             args=config,
             train_dataset=dataset,
             processing_class=tokenizer,
         )
+        trainer.truncation = truncation
+        return trainer
     from trl import SFTConfig, SFTTrainer
 
     if settings.padding_free:
@@ -665,9 +674,18 @@ def build_trainer(
         padding_free=settings.padding_free,
         packing=False,  # packing would change how many examples make a step
     )
-    dataset = datasets.Dataset.from_list(
-        sft_rows(pairs, tokenizer, settings.prompt_format, settings.train_on_eos)
+    # Counted here, where the prompt format is applied; an example whose answer would be cut
+    # away entirely is left out now rather than by TRL, so that the steps are counted right.
+    rows, truncation = fit_to_max_length(
+        sft_rows(pairs, tokenizer, settings.prompt_format, settings.train_on_eos),
+        common["max_length"],
     )
+    if not rows:
+        raise ParamError(
+            f"params.yaml: `train.max_length` ({settings.max_length}) leaves no example an answer "
+            "token to train on: every prompt fills it"
+        )
+    dataset = datasets.Dataset.from_list(rows)
     trainer = SFTTrainer(
         model=model,
         args=config,
@@ -675,6 +693,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=peft,
     )
+    trainer.truncation = truncation
     if compiled and peft is not None:
         # With frozen embeddings the first block's input does not require grad and every other
         # block's does: two graphs to compile where full fine-tuning has one. Making the
@@ -835,6 +854,8 @@ class TrainResult:
     cuda_graphs: dict[str, Any] | None = None
     # `deterministic` and the switches it ran under (`safetydrift.determinism`).
     determinism: dict[str, Any] | None = None
+    # How `train.max_length` met the examples (safetydrift.training_data.Truncation.as_dict).
+    truncation: dict[str, Any] | None = None
 
 
 def steady_rate(step_times: Sequence[float], examples_per_step: int) -> float | None:
@@ -848,7 +869,7 @@ def steady_rate(step_times: Sequence[float], examples_per_step: int) -> float | 
 def train_cell(
     settings: TrainSettings,
     base_dir: Path,
-    pairs: Sequence[TranslationPair],
+    pairs: Sequence[TrainingExample],
     out_dir: Path,
     work_dir: Path,
     tracker=None,
@@ -882,6 +903,9 @@ def _train(
     setup_started = time.perf_counter()
     torch.manual_seed(settings.seed)
     trainer = build_trainer(settings, base_dir, pairs, work_dir)
+    examples = len(pairs) - trainer.truncation.dropped
+    if examples != len(pairs):
+        steps = checkpoint_steps(total_steps(examples, settings), settings.checkpoint_fractions)
     recorder = make_recorder(settings, steps, out_dir, tracker, saved_dtype(base_dir))
     recorder.trainer = trainer
     trainer.add_callback(recorder)
@@ -909,9 +933,9 @@ def _train(
     result = TrainResult(
         cell=Cell(settings.method, settings.learning_rate).name,
         steps=trainer.state.global_step,
-        examples=len(pairs),
+        examples=examples,
         train_seconds=seconds,
-        examples_per_second=len(pairs) * math.ceil(settings.epochs) / seconds,
+        examples_per_second=examples * math.ceil(settings.epochs) / seconds,
         tokens_per_second=(tokens / seconds) if tokens else None,
         peak_memory_bytes=peak_memory_bytes(),
         checkpoints=recorder.written,
@@ -923,5 +947,6 @@ def _train(
         if graphs is None
         else {"recordings": graphs.captures, "eager_forwards": graphs.eager_calls},
         determinism=determinism,
+        truncation=trainer.truncation.as_dict(),
     )
     return result

@@ -747,7 +747,10 @@ def _setup_section(
     pinned = "revision not pinned" if revision is None else f"revision `{revision}`"
     lines = ["## Setup", "", f"- Model: `{get(params, 'model.source', None)}` ({pinned})"]
     mtpref = get(params, "data.mtpref", None) or {}
-    if mtpref:
+    lines += _training_data_lines(params)
+    if mtpref and mtpref.get("source") is None:
+        lines.append("- chrF: not measured (no translation test set: `data.mtpref.source` is null)")
+    elif mtpref:
         lines.append(
             f"- Translation data: `{mtpref.get('source')}` (hub split "
             f"`{mtpref.get('hub_split', 'train')}`, languages {_value(mtpref.get('languages'))} "
@@ -796,6 +799,21 @@ def _setup_section(
             ["parameter", "value"], [[k, _value(v)] for k, v in flatten(train).items()]
         )
     return lines + [""]
+
+
+def _training_data_lines(params: Mapping[str, Any]) -> list[str]:
+    """What the cells were fine-tuned on, when it is not the translation pairs."""
+    values = get(params, "train_data", None) or {}
+    if values.get("kind") != "chat":
+        return []
+    line = f"- Training data: chat conversations from `{values.get('source')}`"
+    mixed = [
+        f"{entry.get('n')} rows of `{entry.get('source')}` (seed {entry.get('seed', 0)})"
+        for entry in values.get("mix") or []
+    ]
+    if mixed:
+        line += ", mixed with " + "; ".join(mixed)
+    return [line + " (truncation at `train.max_length`: each cell's `training.json`)"]
 
 
 def _base_section(results: GridResults) -> list[str]:
