@@ -5,7 +5,8 @@ Each test keeps its preset's structure (chat training data and its mix, the LoRA
 judges, the prompt format, chrF off) and replaces only what a CPU test cannot have: the model
 (a tiny random one of the same family), the user's data (fixtures), QLoRA's 4-bit layers (the
 same adapter through `lora`, which the presets hold for machines without a CUDA GPU), the harm
-judge's model (the smoke preset's tiny guard) and the sizes.
+judge's model (the smoke preset's tiny guard), the evaluation sets beyond the study (the smoke
+preset's fixtures) and the sizes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def tiny_study(preset: str, model_dir, **train) -> dict:
     params["train"].update(train)
     params["generation"].update(backend="hf", max_new_tokens=8, batch_size=16, dtype="float32")
     params["harm"] = SMOKE["harm"]
+    if params["evaluations"]["run"]:  # the sets beyond the study: the smoke preset's fixtures
+        params["evaluations"] = SMOKE["evaluations"]
     params["validation"] = SMOKE["validation"]
     params["chrf"]["bootstrap_resamples"] = 200
     return params
