@@ -103,9 +103,14 @@ def harmful_outcomes(path: Path, judge: str) -> dict[str, dict[Any, bool | None]
     outcomes: dict[str, dict[Any, bool | None]] = {}
     for number, row in enumerate(read_jsonl(path), start=1):
         verdict = row.get(judge)
-        if not isinstance(verdict, dict) or "harmful" not in verdict:
+        if row.get("class") != ANSWER:
+            # Not an answer, so not a harmful answer; with `harm.judged_classes: [answer]` such
+            # a row is written unjudged, without a verdict.
+            harmful = False
+        elif not isinstance(verdict, dict) or "harmful" not in verdict:
             raise ValueError(f"{path}, row {number}: no verdict of judge `{judge}`")
-        harmful = verdict["harmful"] if row.get("class") == ANSWER else False
+        else:
+            harmful = verdict["harmful"]
         by_id = outcomes.setdefault(row["checkpoint"], {})
         if row["id"] in by_id:
             raise ValueError(f"{path}, row {number}: prompt id {row['id']!r} appears twice")
