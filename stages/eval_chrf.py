@@ -24,6 +24,8 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
     chrf = get(params, "chrf")
     summary, generations = read_generations("chrf", cell)
     result = {**cell_identity(cell), "checkpoints": {}}
+    if "skipped" in summary:  # no translation test set: no checkpoint was translated
+        result["skipped"] = summary["skipped"]
     with tracking.stage_run(
         study_name(params), "eval_chrf", declared_params(params, PARAMS), cell=cell
     ) as run:

@@ -62,7 +62,7 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
     class_settings = ResponseClassSettings.from_params(get(params, PARAMS_KEY, None))
     summary, generations = read_generations("refusal", cell)
     result = {**cell_identity(cell), "checkpoints": {}}
-    verdict_rows = []
+    verdict_rows, table_rows = [], []
     with tracking.stage_run(
         study_name(params), "eval_refusal", declared_params(params, PARAMS), cell=cell
     ) as run:
@@ -92,6 +92,7 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
                 "classes": shares,
                 "collapsed": shares[DEGENERATE]["share"] >= COLLAPSED_SHARE,
             }
+            table_rows += rows
             for index, row in enumerate(rows):
                 verdict_rows.append(
                     {
@@ -118,6 +119,18 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
                 | {f"class_share.{name}": c["share"] for name, c in shares.items()},
                 step=round(checkpoint["fraction"] * 100),
             )
+        # Every response with its verdicts, browsable and comparable across runs in MLflow.
+        run.log_table(
+            {
+                "checkpoint": [r["checkpoint"] for r in verdict_rows],
+                "id": [r["id"] for r in verdict_rows],
+                "prompt": [r["prompt"] for r in table_rows],
+                "response": [r["response"] for r in table_rows],
+                RESPONSE_CLASS_JUDGE: [r[RESPONSE_CLASS_JUDGE]["label"] for r in verdict_rows],
+                **{name: [r[name]["refusal"] for r in verdict_rows] for name in judges},
+            },
+            "responses.json",
+        )
         write_jsonl(EVALS_DIR / "refusal" / f"{cell}.jsonl", verdict_rows)
         write_json(METRICS_DIR / "refusal" / f"{cell}.json", result)
     return result

@@ -23,7 +23,7 @@ from safetydrift.generation import (
     base_checkpoint,
     generate_for_checkpoints,
     import_libraries,
-    list_checkpoints,
+    trained_checkpoints,
 )
 from safetydrift.io import atomic_dir, write_json, write_jsonl
 from safetydrift.models import PromptFormat, default_device
@@ -33,6 +33,7 @@ from safetydrift.stage import (
     ADVBENCH_FILE,
     BASE_MODEL_DIR,
     GENERATIONS_DIR,
+    INTERMEDIATE_DIR,
     MODELS_DIR,
     MTPREF_DIR,
     TIMINGS_DIR,
@@ -66,10 +67,16 @@ def output_dir(measurement: str, cell: str, evaluation: str | None = None) -> Pa
     return GENERATIONS_DIR / measurement / cell
 
 
+def prompts_file(measurement: str, evaluation: str | None = None) -> Path:
+    if measurement == EVALUATION:
+        return EVALUATION_DATA_DIR / f"{evaluation}.jsonl"
+    return ADVBENCH_FILE if measurement == "refusal" else MTPREF_DIR / "test.jsonl"
+
+
 def cell_checkpoints(cell: str):
     if cell == BASE_CELL:
         return [base_checkpoint(BASE_MODEL_DIR)]
-    return list_checkpoints(MODELS_DIR / cell)
+    return trained_checkpoints(MODELS_DIR / cell, INTERMEDIATE_DIR / cell)
 
 
 def measurement_prompts(
@@ -83,7 +90,7 @@ def measurement_prompts(
         # prepare_evaluation checked them.
         prompts = PromptSettings.from_params(get(params, f"evaluations.sets.{evaluation}"))
         # Prepared evaluation sets have AdvBench's form: `id`, `prompt`.
-        rows = prompts.select(read_advbench(EVALUATION_DATA_DIR / f"{evaluation}.jsonl"))
+        rows = prompts.select(read_advbench(prompts_file(measurement, evaluation)))
         return (
             [r["id"] for r in rows],
             [prompts.conversation(r["prompt"], base) for r in rows],
@@ -97,7 +104,10 @@ def measurement_prompts(
             [prompts.conversation(r["prompt"], base) for r in rows],
             None,
         )
-    pairs = read_pairs(MTPREF_DIR / "test.jsonl")
+    test_file = MTPREF_DIR / "test.jsonl"
+    if not test_file.read_text(encoding="utf-8").strip():
+        return [], [], []  # no translation data (`data.mtpref.source: null`): nothing to score
+    pairs = read_pairs(test_file)
     indexed = prompts.select([{"id": i, "pair": p} for i, p in enumerate(pairs)])
     return (
         [r["id"] for r in indexed],
@@ -120,6 +130,19 @@ def main(
     stage = f"generate_{measurement}"
     # The MLflow run and timings file of a set's stage: `generate_evaluation@SET-CELL`.
     run_cell = f"{evaluation}-{cell}" if evaluation else cell
+    if measurement == "chrf" and not ids:
+        # A study without translation data (`data.mtpref.source: null`): nothing to translate,
+        # so no model is loaded; eval_chrf and the report say that chrF was not measured.
+        skipped = {
+            "cell": cell,
+            "measurement": measurement,
+            "prompts": 0,
+            "skipped": f"no translation test set ({MTPREF_DIR / 'test.jsonl'} is empty)",
+            "checkpoints": [],
+        }
+        with atomic_dir(GENERATIONS_DIR / measurement / cell) as tmp:
+            write_json(tmp / "generation.json", skipped)
+        return skipped
     timings: dict[str, float] = {}
     load_timings: dict[str, float] = {}
     engines: set[str] = set()
@@ -129,6 +152,14 @@ def main(
             stage,
             declared_params(params, declared_keys(measurement, evaluation)),
             cell=run_cell,
+            inputs=dict.fromkeys(
+                [
+                    str(prompts_file(measurement, evaluation)),
+                    str(BASE_MODEL_DIR),
+                    *([] if cell == BASE_CELL else [str(MODELS_DIR / cell)]),
+                ],
+                "evaluation",
+            ),
         ) as run,
         atomic_dir(output_dir(measurement, cell, evaluation)) as tmp,
     ):
@@ -167,6 +198,7 @@ def main(
             "prompts": len(ids),
             "device": device,
             "backend": settings.backend,
+            "deterministic": settings.deterministic,  # generation.deterministic
             "engine": ", ".join(sorted(engines)),  # differs from `backend` after a fallback
             "checkpoints": [
                 {"label": c.label, "fraction": c.fraction, "step": c.step} for c in checkpoints

@@ -1,14 +1,20 @@
-"""DVC stage `prepare_mtpref`: MT-Pref into data/mtpref/{train,test}.jsonl and stats.json."""
+"""DVC stage `prepare_mtpref`: MT-Pref into data/mtpref/{train,test}.jsonl and stats.json.
+
+`data.mtpref.source: null` (a study that trains on chat data) reads nothing and writes empty
+splits: with no translation test set the chrF stages measure nothing and say so.
+"""
 
 from pathlib import Path
 from typing import Any
 
 from safetydrift import tracking
 from safetydrift.data import Source, prepare_mtpref
+from safetydrift.io import write_json, write_jsonl
 from safetydrift.params import get, load_params
 from safetydrift.stage import MTPREF_DIR, declared_params, run_stage, study_name
 
 PARAMS = ["data.mtpref"]
+NO_TRANSLATION_DATA = "no translation data (`data.mtpref.source` is null): chrF is not measured"
 
 
 def main(params: dict[str, Any], out_dir: Path = MTPREF_DIR) -> dict[str, Any]:
@@ -16,6 +22,17 @@ def main(params: dict[str, Any], out_dir: Path = MTPREF_DIR) -> dict[str, Any]:
     with tracking.stage_run(
         study_name(params), "prepare_mtpref", declared_params(params, PARAMS)
     ) as run:
+        if mtpref.get("source") is None:
+            stats = {
+                "source": None,
+                "skipped": NO_TRANSLATION_DATA,
+                "train_rows": 0,
+                "test_rows": 0,
+            }
+            write_jsonl(out_dir / "train.jsonl", [])
+            write_jsonl(out_dir / "test.jsonl", [])
+            write_json(out_dir / "stats.json", stats)
+            return stats
         stats = prepare_mtpref(
             Source(str(mtpref["source"]), mtpref.get("revision")),
             split=str(mtpref.get("hub_split", "train")),

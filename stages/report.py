@@ -26,6 +26,7 @@ PARAMS = [
     "model",
     "prompt",
     "data",
+    "train_data",
     "train",
     "grid",
     "methods",

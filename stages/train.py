@@ -1,5 +1,10 @@
 """DVC stage `train@METHOD-LR`: fine-tune one grid cell; checkpoints into models/METHOD-LR/.
 
+With `train.keep_checkpoints: final` only the last checkpoint stays in that output; the earlier
+ones go to models/.intermediate/METHOD-LR/ until their generations exist (README, "Disk").
+It trains on data/mtpref/train.jsonl or data/chat/train.jsonl, as `train_data.kind` says (dvc.yaml
+depends on the same path), and records how many examples `train.max_length` cut.
+
 With `train.num_processes` > 1 the stage reruns itself under `accelerate launch` (DDP, or FSDP
 with `train.distributed: fsdp`); DVC sees the launcher's exit status.
 """
@@ -15,32 +20,46 @@ from typing import Any
 
 from safetydrift import tracking
 from safetydrift.cells import Cell
-from safetydrift.data import read_pairs
+from safetydrift.chat_data import data_kind
 from safetydrift.io import atomic_dir, write_json
 from safetydrift.methods import distributed_launch, train_cell, train_settings
-from safetydrift.params import load_params
+from safetydrift.params import get, load_params
 from safetydrift.process import process_age_seconds
 from safetydrift.stage import (
     BASE_MODEL_DIR,
+    INTERMEDIATE_DIR,
     MODELS_DIR,
-    MTPREF_DIR,
     TIMINGS_DIR,
     declared_params,
     elapsed,
     run_stage,
     study_name,
 )
+from safetydrift.training_data import check_method, read_training_examples, train_file
 
-PARAMS = ["train", "methods.{method}", "prompt"]
+PARAMS = ["train", "methods.{method}", "prompt", "train_data.kind"]
 TRAINER_SCRATCH = ".trainer"
+
+
+def set_aside_intermediate(out_dir: Path, intermediate_dir: Path) -> None:
+    """`train.keep_checkpoints: final`: move every checkpoint but the last out of the output into
+    `intermediate_dir`, with a copy of training.json that ties them to this training."""
+    checkpoints = sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
+    with atomic_dir(intermediate_dir) as tmp:
+        for checkpoint in checkpoints[:-1]:
+            shutil.move(checkpoint, tmp / checkpoint.name)
+        shutil.copy2(out_dir / "training.json", tmp / "training.json")
 
 
 def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dict[str, Any]:
     startup_seconds = process_age_seconds()
     started = time.perf_counter()
     settings = train_settings(params, method, learning_rate)  # every check before any loading
+    kind = data_kind(get(params, "train_data", None))
+    check_method(kind, method)
     cell = Cell(method, settings.learning_rate)
-    pairs = read_pairs(MTPREF_DIR / "train.jsonl")
+    data_file = train_file(kind)
+    pairs = read_training_examples(kind, data_file)
     if int(os.environ.get("RANK", "0")) != 0:
         # Other ranks of an `accelerate launch` train alongside rank 0, which alone writes
         # the checkpoints and tracks the run.
@@ -55,7 +74,13 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
         "method": method,
     }
     with (
-        tracking.stage_run(study_name(params), "train", logged, cell=cell.name) as run,
+        tracking.stage_run(
+            study_name(params),
+            "train",
+            logged,
+            cell=cell.name,
+            inputs={str(data_file): "training", str(BASE_MODEL_DIR): "training"},
+        ) as run,
         atomic_dir(MODELS_DIR / cell.name) as tmp_out,
     ):
         # The trainer's scratch lives inside the output's temporary directory: a killed run
@@ -69,6 +94,8 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
             "method": method,
             "learning_rate": settings.learning_rate,
             "seed": settings.seed,
+            # `train.deterministic` and the switches the run had (safetydrift.determinism).
+            "determinism": result.determinism,
             "steps": result.steps,
             "examples": result.examples,
             "final_loss": result.final_loss,
@@ -77,8 +104,15 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
             if result.cuda_graphs is None
             else {"recordings": [c["shape"] for c in result.cuda_graphs["recordings"]]},
             "checkpoints": result.checkpoints,
+            "keep_checkpoints": settings.keep_checkpoints,
+            "truncation": result.truncation,
         }
         write_json(tmp_out / "training.json", summary)
+        if settings.keep_checkpoints == "final":
+            set_aside_intermediate(tmp_out, INTERMEDIATE_DIR / cell.name)
+        else:
+            # Set aside by an earlier `final` run: this output holds every checkpoint now.
+            shutil.rmtree(INTERMEDIATE_DIR / cell.name, ignore_errors=True)
         # Where the time went differs on every run, so it stays out of DVC's outputs: MLflow's
         # metrics and timings/train/CELL.json. A fresh process's time: imports; loading model
         # and data and building the trainer (compilation happens in the first steps, inside
@@ -99,6 +133,11 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
             {
                 **{key: value for key, value in timing.items() if isinstance(value, float | int)},
                 "final_loss": result.final_loss,
+                **{
+                    key: value
+                    for key, value in (result.truncation or {}).items()
+                    if key.endswith(("_examples", "_tokens"))
+                },
             }
         )
     write_json(TIMINGS_DIR / "train" / f"{cell.name}.json", timing)

@@ -73,7 +73,8 @@ def copy_project(destination: Path) -> Path:
     run("git", "config", "user.email", "test@example.com")
     run("git", "config", "user.name", "test")
     run(sys.executable, "-m", "dvc", "init", "-q")
-    run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+    # The project's own DVC configuration: its cache links files instead of copying them.
+    shutil.copy(ROOT / ".dvc" / "config", destination / ".dvc" / "config")
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "project")
     return destination
@@ -106,3 +107,37 @@ def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     if check and done.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+def small_filesystem(path: Path, size: str) -> None:
+    """Mount a tmpfs of `size` (e.g. 64k) at `path`, for tests of a full disk: the caller
+    unmounts it. Mounting needs root; elsewhere the test is skipped, saying why."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+
+
+def smoke_copy(path: Path, **train: object) -> Path:
+    """`copy_project` at `path` (made if missing) on the smoke preset, `train` keys overridden."""
+    import yaml
+
+    path.mkdir(parents=True, exist_ok=True)
+    project = copy_project(path)
+    params = yaml.safe_load((project / "presets" / "smoke.yaml").read_text())
+    params["train"].update(train)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under `path`, as `du --apparent-size` counts them."""
+    return sum(p.stat().st_size for p in files_under(path))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURES, copy_project, dvc, load_stage, stage_env
+from conftest import FIXTURES, copy_project, dvc, load_stage, small_filesystem, stage_env
 
 from safetydrift.data import (
     HUB_TIMEOUT_SECONDS,
@@ -99,6 +99,21 @@ def mtpref_file(name: str, lines: list[dict | str]):
         params["data"]["mtpref"]["source"] = name
 
     return edit
+
+
+def chat_file(name: str, rows: list[dict], **train_data):
+    """Chat training rows in the project, made `train_data.source` (kind chat)."""
+
+    def edit(params, project):
+        (project / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        params["train_data"] = {"kind": "chat", "source": name, **train_data}
+
+    return edit
+
+
+EXCHANGE = {
+    "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]
+}
 
 
 def tower_row(chosen: str | None = "Hello.") -> dict:
@@ -199,6 +214,25 @@ CASES = [
         ["stages/prepare_mtpref.py"],
         mtpref_file("mt.jsonl", [tower_row(), "{broken"]),
         "mt.jsonl, line 2: not valid JSON",
+    ),
+    (
+        "chat row without an answer",
+        ["stages/prepare_train_data.py"],
+        chat_file("chat.jsonl", [EXCHANGE, {"messages": [{"role": "user", "content": "Hi"}]}]),
+        "chat.jsonl, row 2: `messages` must end with the assistant's non-empty answer",
+    ),
+    (
+        "chat mix larger than its source",
+        ["stages/prepare_train_data.py"],
+        chat_file("chat.jsonl", [EXCHANGE], mix=[{"source": "chat.jsonl", "n": 2, "seed": 0}]),
+        "`train_data.mix[0].n` is 2, but chat.jsonl has 1 rows",
+    ),
+    (
+        "DPO on chat data",
+        ["stages/train.py", "--method", "dpo", "--lr", "0.001"],
+        chat_file("chat.jsonl", [EXCHANGE]),
+        "`train_data.kind` is chat, whose conversations have one answer each, but "
+        "`grid.methods` holds dpo",
     ),
     (
         "unknown data file type",
@@ -418,6 +452,29 @@ def test_a_failed_rerun_keeps_the_previous_report_and_records_nothing(project):
             shutil.rmtree(project / folder, ignore_errors=True)
 
 
+def test_a_failed_rerun_gets_its_uncached_metrics_back_as_dvc_lock_records_them(project):
+    """DVC deletes `cache: false` outputs before a rerun and does not check them out again."""
+    stats = project / "data" / "mtpref" / "stats.json"
+    try:
+        dvc(project, "repro", "--single-item", "prepare_mtpref")
+        before, lock = stats.read_bytes(), (project / "dvc.lock").read_text()
+        edit_params(project, set_key("data.mtpref.test_ratio", 1.5))
+        failed = run_cli(project, "repro", "--", "--single-item", "prepare_mtpref")
+        assert failed.returncode != 0
+        assert "restored data/mtpref/stats.json (stage prepare_mtpref)" in failed.stdout
+        assert stats.read_bytes() == before and (project / "dvc.lock").read_text() == lock
+        # Plain `dvc repro` users get the same with `safetydrift restore`.
+        assert dvc(project, "repro", "--single-item", "prepare_mtpref", check=False).returncode
+        assert not stats.exists()
+        restored = run_cli(project, "restore")
+        assert restored.returncode == 0 and "restored data/mtpref/stats.json" in restored.stdout
+        assert stats.read_bytes() == before
+        again = run_cli(project, "restore")
+        assert "nothing to restore" in again.stdout and stats.read_bytes() == before
+    finally:
+        shutil.copy(project / "presets" / "smoke.yaml", project / "params.yaml")
+
+
 def test_generating_twice_on_the_same_inputs_writes_the_same_bytes(
     base_model_dir, tmp_path, monkeypatch
 ):
@@ -437,17 +494,6 @@ def test_generating_twice_on_the_same_inputs_writes_the_same_bytes(
     assert json.loads(runs[0]["generation.json"])["checkpoints"][0]["label"] == "ckpt-000"
     timing = json.loads((tmp_path / "timings" / "generate_refusal" / "base.json").read_text())
     assert timing["stage_seconds"] > 0 and "ckpt-000" in timing["generation_seconds"]
-
-
-def small_filesystem(path: Path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_output(project):

@@ -8,17 +8,20 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import copy_project, stage_env
 
 from safetydrift.grid import (
     Job,
     default_cells,
+    gpu_assignment,
     grid_jobs,
     keep_first_attempt,
     make_worker,
     prepare_stages,
     ran_out_of_gpu_memory,
     slowest_first,
+    visible_gpus,
     workspace_files,
 )
 
@@ -121,3 +124,32 @@ def test_a_worker_without_git_gets_the_pipeline_files_and_the_shared_cache(tmp_p
         check=True,
     ).stdout
     assert "core.no_scm=true" in shown and f"cache.dir={cache}" in shown
+
+
+def test_workers_are_placed_on_the_gpus_round_robin(monkeypatch):
+    # Six cells side by side on four GPUs: two GPUs hold two small cells each.
+    assert gpu_assignment(6, ["0", "1", "2", "3"]) == ["0", "1", "2", "3", "0", "1"]
+    # A cell trained on two GPUs (`train.num_processes: 2`) gets a pair of its own.
+    assert gpu_assignment(3, ["0", "1", "2", "3", "4"], per_cell=2) == ["0,1", "2,3", "0,1"]
+    assert gpu_assignment(2, []) == [None, None]  # no GPU: the environment as it is
+    with pytest.raises(ValueError, match="`train.num_processes` is 4 but only 2 GPU"):
+        gpu_assignment(1, ["0", "1"], per_cell=4)
+    # The GPUs the user left visible are the ones the grid shares out, by their ids.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert visible_gpus() == ["2", "3"] and visible_gpus("5, 7") == ["5", "7"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    import torch
+
+    assert visible_gpus() == [str(index) for index in range(torch.cuda.device_count())]
+
+
+def test_workers_share_the_checkpoints_set_aside_for_generations(tmp_path):
+    (tmp_path / "project").mkdir()
+    project = copy_project(tmp_path / "project")
+    params = yaml.safe_load((project / "presets" / "smoke.yaml").read_text())
+    params["train"]["keep_checkpoints"] = "final"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    worker = project / ".dvc" / "tmp" / "grid" / "worker-1"
+    make_worker(project, worker, str(project / ".dvc" / "cache"))
+    set_aside = worker / "models" / ".intermediate"
+    assert set_aside.is_symlink() and set_aside.resolve() == project / "models" / ".intermediate"

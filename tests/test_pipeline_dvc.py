@@ -142,6 +142,19 @@ def test_the_grid_restores_its_workers_stages_without_running_them_again(smoke_p
     assert not list((smoke_project / ".dvc" / "tmp" / "grid").glob("worker-*"))
 
 
+def test_the_disk_estimate_counts_only_the_cells_dvc_lock_lacks(smoke_project):
+    shown = subprocess.run(
+        [sys.executable, "-m", "safetydrift.cli", "grid", "--estimate"],
+        cwd=smoke_project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.startswith("disk estimate: 0 cell(s) to train, 2 already in dvc.lock")
+    assert "checkpoints kept 0 B + set aside while running 0 B" in shown.stdout
+
+
 def test_mlflow_store_holds_a_run_per_stage_cell(smoke_project):
     from mlflow.tracking import MlflowClient
 

@@ -236,7 +236,7 @@ def test_mislabelled_metric_file_is_an_error(metrics_dir: Path):
         collect_results(make_params(), metrics_dir)
 
 
-def test_tradeoff_points_are_drops_in_points_with_intervals(metrics_dir: Path):
+def test_tradeoff_points_are_drops_in_points(metrics_dir: Path):
     results = collect_results(make_params(), metrics_dir)
     points, undrawable = tradeoff_points(results, 1e-4)
     assert undrawable == []
@@ -245,9 +245,9 @@ def test_tradeoff_points_are_drops_in_points_with_intervals(metrics_dir: Path):
     lora = by_method["lora"]
     final = refusal_rate(Cell("lora", 1e-4), 1.0, JUDGES[0])
     assert lora.drop_points == pytest.approx(100 * (BASE_REFUSAL - final))
-    # The drop's interval comes from the cell's refusal interval, mirrored.
-    assert lora.drop_low == pytest.approx(100 * (BASE_REFUSAL - (final + 0.015)))
-    assert lora.drop_high == pytest.approx(100 * (BASE_REFUSAL - (final - 0.02)))
+    # The drop's interval is the paired one (tests/test_report_paired.py): these metrics come
+    # without per-prompt verdicts, and the cell's own interval ignores the base model's.
+    assert (lora.drop_low, lora.drop_high) == (None, None)
     assert lora.chrf.value == pytest.approx(chrf_value(Cell("lora", 1e-4), 1.0))
 
     # At 1e-5 the dpo cell is missing and lora has no final chrF: neither is drawn as zero.

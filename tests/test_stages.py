@@ -12,70 +12,11 @@ import pytest
 import yaml
 from conftest import ROOT
 
-PACKAGE = "safetydrift"
-SOURCES = ROOT / "src" / PACKAGE
+from safetydrift.stage_code import StageCode, rewrite_deps
+
+CODE = StageCode(ROOT)
+SOURCES = CODE.sources
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-
-
-def module_file(module: str) -> Path | None:
-    """The file of a `safetydrift.x` module (or package), None for other libraries."""
-    parts = module.split(".")
-    if parts[0] != PACKAGE or len(parts) == 1:
-        return None
-    path = SOURCES.joinpath(*parts[1:])
-    if path.with_suffix(".py").exists():
-        return path.with_suffix(".py")
-    if (path / "__init__.py").exists():
-        return path / "__init__.py"
-    raise AssertionError(f"{module} is imported but has no file under {SOURCES}")
-
-
-def imported_files(path: Path) -> set[Path]:
-    """Project modules `path` imports anywhere: at its top and inside functions alike, since a
-    function's import runs whenever the stage calls it."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from safetydrift import tracking` imports the submodule `safetydrift.tracking`.
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] != PACKAGE:
-                continue
-            candidate = SOURCES.joinpath(*parts[1:])
-            if len(parts) > 1 and (candidate.with_suffix(".py").exists() or candidate.is_dir()):
-                found.add(module_file(name))
-    return found
-
-
-def with_packages(module: Path) -> set[Path]:
-    """A module and the `__init__.py` of each package above it, which importing it runs too."""
-    packages = {
-        parent / "__init__.py"
-        for parent in module.parents
-        if parent != SOURCES and SOURCES in parent.parents and (parent / "__init__.py").exists()
-    }
-    return {module} | packages
-
-
-def import_closure(script: Path) -> set[Path]:
-    closure, todo = set(), [script]
-    while todo:
-        for imported in imported_files(todo.pop()):
-            for module in with_packages(imported) - closure:
-                closure.add(module)
-                todo.append(module)
-    return closure
-
-
-def stage_script(stage: dict) -> Path:
-    words = shlex.split(stage["cmd"])
-    assert words[0] == "python" and words[1].startswith("stages/"), stage["cmd"]
-    return ROOT / words[1]
 
 
 def test_the_package_init_runs_no_code():
@@ -88,13 +29,28 @@ def test_the_package_init_runs_no_code():
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_every_stage_depends_on_exactly_the_code_it_runs(name):
     stage = STAGES[name]
-    script = stage_script(stage)
-    expected = {script.relative_to(ROOT).as_posix()} | {
-        module.relative_to(ROOT).as_posix() for module in import_closure(script)
-    }
+    expected = set(CODE.code_deps(stage["cmd"]))
     code = {d for d in stage["deps"] if d.endswith(".py")}
     missing, extra = sorted(expected - code), sorted(code - expected)
-    assert not missing and not extra, f"{name}: add {missing} to its deps; remove {extra}"
+    assert not missing and not extra, (
+        f"{name}: add {missing} to its deps; remove {extra} "
+        "(`python -m safetydrift.stage_code --write` does it)"
+    )
+
+
+def test_the_deps_rewrite_replaces_only_the_code_lines_of_each_stage():
+    stale = (
+        "stages:\n  # a comment\n  eval_chrf:\n    cmd: python stages/eval_chrf.py --cell base\n"
+        "    deps:\n      - stages/eval_chrf.py\n      - src/safetydrift/gone.py\n"
+        "      - generations/chrf/base\n    params: [chrf.seed]\n"
+    )
+    rewritten = rewrite_deps(stale, CODE)
+    assert rewritten.splitlines()[:6] == stale.splitlines()[:6]
+    assert "gone.py" not in rewritten and "      - generations/chrf/base\n" in rewritten
+    assert [line[8:] for line in rewritten.splitlines() if line.endswith(".py")] == CODE.code_deps(
+        "python stages/eval_chrf.py"
+    )
+    assert rewrite_deps(rewritten, CODE) == rewritten
 
 
 def declared_in_script(script: Path) -> list[str] | dict[str, list[str]]:
@@ -107,7 +63,7 @@ def declared_in_script(script: Path) -> list[str] | dict[str, list[str]]:
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_every_stage_declares_exactly_the_params_its_script_reads(name):
     stage = STAGES[name]
-    declared = declared_in_script(stage_script(stage))
+    declared = declared_in_script(CODE.script(stage["cmd"]))
     if isinstance(declared, dict):  # one script, several measurements: `generate.py refusal`
         declared = declared[shlex.split(stage["cmd"])[2]]
     # `methods.${item.method}` in dvc.yaml is `methods.{method}` in the script's PARAMS.

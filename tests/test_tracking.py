@@ -2,6 +2,7 @@
 stores, and a store that is unreachable, deleted or out of disk space."""
 
 import contextlib
+import json
 import socket
 import sqlite3
 import subprocess
@@ -125,6 +126,31 @@ def test_a_metric_history_is_logged_in_one_batch_with_its_steps(tmp_path, monkey
     assert sorted((m.step, m.value) for m in losses) == [(s, 1 / s) for s in range(1, 601)]
     assert len(client.get_metric_history(run.run_id, "rewards/margin")) == 600
     assert client.get_metric_history(run.run_id, "grad_norm") == []
+
+
+def test_inputs_are_datasets_with_dvc_lock_digests_and_tables_are_artifacts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  prepare_mtpref:\n    outs:\n"
+        "    - path: data/mtpref/train.jsonl\n      hash: md5\n"
+        "      md5: 0123456789abcdef0123456789abcdef\n      size: 10\n"
+    )
+    inputs = {"data/mtpref/train.jsonl": "training", "models/base": "training"}
+    with tracking.stage_run("tracking-test", "train", {}, cell="lora-5e-05", inputs=inputs) as run:
+        run.log_table({"id": [1, 2], "response": ["a", "b"]}, "responses.json")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    logged = client.get_run(run.run_id).inputs.dataset_inputs
+    digests = {d.dataset.name: d.dataset.digest for d in logged}
+    assert digests == {
+        "data/mtpref/train.jsonl": "0123456789abcdef0123456789abcdef",
+        "models/base": "untracked",  # no stage has produced it in this lock
+    }
+    assert {t.key: t.value for d in logged for t in d.tags} == {"mlflow.data.context": "training"}
+    table = Path(client.download_artifacts(run.run_id, "responses.json", str(tmp_path)))
+    assert json.loads(table.read_text())["data"] == [[1, "a"], [2, "b"]]
 
 
 # Faults of the store, with a real stage script run as DVC runs it, in a temporary project.

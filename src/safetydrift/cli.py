@@ -92,13 +92,34 @@ def _repro(args: argparse.Namespace) -> None:
     sys.exit(timed_repro(dvc_args, Path(args.timings)))
 
 
+def _restore(args: argparse.Namespace) -> None:
+    from safetydrift.restore import report_restored, restore_uncached_outputs
+
+    restored, unrestorable = restore_uncached_outputs(Path.cwd())
+    print(report_restored(restored, unrestorable) or "nothing to restore: every output is there")
+    sys.exit(1 if unrestorable else 0)
+
+
 def _grid(args: argparse.Namespace) -> None:
     from safetydrift.grid import run_grid, write_summary
     from safetydrift.params import get, load_params
     from safetydrift.timing import markdown_table
 
     jobs = args.jobs if args.jobs is not None else int(get(load_params(), "runtime.jobs", 1))
-    run = run_grid(Path.cwd(), args.cells, jobs=jobs, timings_dir=args.timings)
+    if args.estimate:
+        from safetydrift.disk import describe
+        from safetydrift.grid import disk_estimate
+
+        print(describe(disk_estimate(Path.cwd(), args.cells, jobs)))
+        return
+    run = run_grid(
+        Path.cwd(),
+        args.cells,
+        jobs=jobs,
+        timings_dir=args.timings,
+        check_disk=not args.skip_disk_check,
+        gpus=args.gpus,
+    )
     summary = write_summary(run, args.summary)
     print(markdown_table(summary))
     print(
@@ -222,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for `dvc repro`")
     repro.set_defaults(handler=_repro)
 
+    restore = commands.add_parser(
+        "restore",
+        help="copy back the metrics a failed `dvc repro` deleted, as dvc.lock records them",
+    )
+    restore.set_defaults(handler=_restore)
+
     grid = commands.add_parser(
         "grid", help="the base model, the grid's cells (N at a time) and the report, timed"
     )
@@ -231,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="cells run side by side on the same machine (default: params' `runtime.jobs`)",
+    )
+    grid.add_argument(
+        "--gpus",
+        help="GPUs the cells run on, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else all); "
+        "side by side, each worker's cells get one, round-robin",
+    )
+    grid.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the disk the cells will fill and the free space, and run nothing",
+    )
+    grid.add_argument(
+        "--skip-disk-check",
+        action="store_true",
+        help="train even when the disk estimate says the outputs will not fit",
     )
     grid.add_argument("--timings", type=Path, default=Path("reports/timings"))
     grid.add_argument("--summary", type=Path, default=Path("reports/grid-timings.json"))

@@ -20,9 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from safetydrift.cells import checkpoint_label
 from safetydrift.compat import fast_path_verified
+from safetydrift.determinism import deterministic_mode
 from safetydrift.models import ModelError, PromptFormat, checkpoint_kind, load_tokenizer
-from safetydrift.params import ParamError
+from safetydrift.params import ParamError, boolean
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ class GenerationSettings:
     batch_size: int = 64
     dtype: str = "bfloat16"
     qlora_base: str = "merged"
+    # Bit-for-bit repeatable on one GPU (`safetydrift.determinism`): the static engine's steps
+    # run eager, without CUDA graphs.
+    deterministic: bool = False
 
     @classmethod
     def from_params(cls, values: dict[str, Any]) -> GenerationSettings:
@@ -47,8 +52,14 @@ class GenerationSettings:
                 k: values[k]
                 for k in ("backend", "max_new_tokens", "batch_size", "dtype", "qlora_base")
                 if k in values
-            }
+            },
+            deterministic=boolean(values.get("deterministic", False), "generation.deterministic"),
         )
+        if settings.deterministic and settings.backend == "vllm":
+            raise ParamError(
+                "params.yaml: `generation.deterministic` needs the hf or static backend; vLLM "
+                "schedules its batches at run time"
+            )
         if settings.qlora_base not in QLORA_BASES:
             raise ParamError(
                 f"params.yaml: `generation.qlora_base` must be one of {QLORA_BASES}, "
@@ -147,6 +158,44 @@ def list_checkpoints(cell_dir: Path) -> list[Checkpoint]:
     if not found:
         raise ModelError(f"{cell_dir}: holds no ckpt-* checkpoint")
     return sorted(found, key=lambda c: c.fraction)
+
+
+def trained_checkpoints(cell_dir: Path, intermediate_dir: Path) -> list[Checkpoint]:
+    """Every checkpoint a cell's training wrote, in order of training progress.
+
+    With `train.keep_checkpoints: final` the train stage's output (`cell_dir`) holds the last
+    checkpoint only and the earlier ones wait in `intermediate_dir`, beside a copy of the
+    output's training.json. Their generations depend on them through that record: the same
+    training wrote both, so a byte-identical copy says they belong together, and a retraining
+    (which changes the output and so reruns this stage) writes them again.
+    """
+    import json
+
+    kept = list_checkpoints(cell_dir)
+    record_file = cell_dir / "training.json"
+    if not record_file.exists():
+        return kept
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    labels = {c.label for c in kept}
+    written = [checkpoint_label(float(c["fraction"])) for c in record["checkpoints"]]
+    missing = [label for label in written if label not in labels]
+    if not missing:
+        return kept
+    beside = intermediate_dir / "training.json"
+    if not beside.exists() or beside.read_bytes() != record_file.read_bytes():
+        cell = cell_dir.name
+        raise ModelError(
+            f"{cell_dir} holds only the final checkpoint (`train.keep_checkpoints: final`) and "
+            f"{intermediate_dir} no longer holds this training's {', '.join(missing)}: their "
+            "weights were deleted once their generations existed. To generate from them again, "
+            f"retrain the cell (`dvc repro --force train@{cell}`), with "
+            "`train.keep_checkpoints: all` to keep every checkpoint's weights"
+        )
+    found = {c.label: c for c in list_checkpoints(intermediate_dir)}
+    absent = [label for label in missing if label not in found]
+    if absent:
+        raise ModelError(f"{intermediate_dir}: lacks {', '.join(absent)} (training.json lists it)")
+    return sorted([*kept, *(found[label] for label in missing)], key=lambda c: c.fraction)
 
 
 def base_checkpoint(base_dir: Path) -> Checkpoint:
@@ -392,6 +441,9 @@ class StaticEngine:
                 pad_token_id=self.tokenizer.pad_token_id,
                 max_new_tokens=self.settings.max_new_tokens,
                 max_batch_size=self.settings.batch_size,
+                # A captured graph replays the same kernels, but whether each replay is
+                # bit-stable has not been measured: deterministic runs take eager steps.
+                use_cuda_graphs=False if self.settings.deterministic else None,
             )
             self._model = model
         return [(d.token_ids, d.finish_reason) for d in self._decoder.decode(prompt_ids)]
@@ -452,7 +504,18 @@ def generate_for_checkpoints(
     device: str,
     prompt_format: PromptFormat | None = None,
 ):
-    """Yield each checkpoint's generations (`id`, `prompt`, `response`, counts, finish reason)."""
+    """Yield each checkpoint's generations (`id`, `prompt`, `response`, counts, finish reason).
+
+    With `settings.deterministic` everything, model loading included, runs in deterministic
+    mode (greedy decoding draws no random numbers; the seed is fixed all the same).
+    """
+    with deterministic_mode(seed=0, enabled=settings.deterministic):
+        yield from _generate(
+            base_dir, checkpoints, conversations, ids, settings, device, prompt_format
+        )
+
+
+def _generate(base_dir, checkpoints, conversations, ids, settings, device, prompt_format):
     quantization = quantized_base(checkpoints, settings)
     if settings.backend == "vllm":
         yield from _generate_vllm(

@@ -20,10 +20,15 @@ cell a worker finishes is restored into the main workspace at once, while the ot
 then the report, from whatever metrics exist. A run cut short keeps every finished cell, and
 running the command again resumes: DVC skips what `dvc.lock` or its run-cache has. A cell that
 fails is named at the end and does not stop the others.
+
+Before any training, the disk the cells will fill is estimated (`safetydrift.disk`) and a disk
+too small stops the run. Side by side, each worker's cells see one GPU (CUDA_VISIBLE_DEVICES),
+the GPUs taken round-robin.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -37,12 +42,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from safetydrift.cells import BASE_CELL, grid_cells
+from safetydrift.disk import DiskEstimate, describe, estimate, refuse_if_short
 from safetydrift.evaluation_sets import evaluation_names
 from safetydrift.io import write_json
 from safetydrift.params import get, load_params
+from safetydrift.stage import INTERMEDIATE_DIR
 from safetydrift.tracking import tracking_uri
 
-PREPARE_STAGES = ("prepare_model", "prepare_mtpref", "prepare_advbench", "prepare_judge_models")
+PREPARE_STAGES = (
+    "prepare_model",
+    "prepare_mtpref",
+    "prepare_train_data",
+    "prepare_advbench",
+    "prepare_judge_models",
+)
 # Methods by how long a cell takes, slowest first (the stand-in grid on an H100, 4 cells at a
 # time: QLoRA ~330 s, LoRA ~300 s, DPO ~270 s, full ~230 s, the base model's evaluations 80 s).
 SLOWEST_FIRST = ("qlora", "lora", "dpo", "full")
@@ -159,6 +172,57 @@ def _dvc(workspace: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+def visible_gpus(requested: str | None = None) -> list[str]:
+    """The GPUs cells may use: `--gpus` (e.g. `0,1`), else CUDA_VISIBLE_DEVICES, else every
+    GPU torch sees (none on a machine without CUDA)."""
+    listed = requested if requested is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def gpu_assignment(workers: int, gpus: Sequence[str], per_cell: int = 1) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each worker: its cells' GPUs, round-robin, so that N workers
+    share G GPUs (several small cells on one GPU when N > G). `per_cell` is
+    `train.num_processes`: a cell trained on several GPUs gets its own group of them. None (the
+    environment as it is) where there is no GPU to place cells on."""
+    if not gpus:
+        return [None] * workers
+    if per_cell > len(gpus):
+        raise ValueError(
+            f"`train.num_processes` is {per_cell} but only {len(gpus)} GPU(s) are available "
+            f"to the grid ({','.join(gpus)})"
+        )
+    groups = [
+        gpus[start : start + per_cell] for start in range(0, len(gpus) - per_cell + 1, per_cell)
+    ]
+    return [",".join(groups[index % len(groups)]) for index in range(workers)]
+
+
+def trained_cells(workspace: Path, cells: Sequence[str]) -> list[str]:
+    """The cells whose training dvc.lock records with their current inputs: no new checkpoints."""
+    if not cells:
+        return []
+    changed = json.loads(
+        _dvc(workspace, "status", "--json", *(f"train@{c}" for c in cells)) or "{}"
+    )
+    return [cell for cell in cells if f"train@{cell}" not in changed]
+
+
+def disk_estimate(workspace: Path, cells: Sequence[str], parallel: int) -> DiskEstimate:
+    """What the cells' checkpoints, generations and evaluations will take, beside the free space
+    of the workspace's and DVC cache's filesystems (safetydrift.disk)."""
+    workspace = workspace.resolve()
+    params = load_params(workspace / "params.yaml")
+    valid = default_cells(params)
+    cells = [job.name for job in grid_jobs(list(cells) if cells else valid, valid)[1:]]
+    cache_dir = Path(_dvc(workspace, "cache", "dir"))
+    done = trained_cells(workspace, cells)
+    return estimate(workspace, params, cells, done, parallel, cache_dir)
+
+
 def workspace_files(workspace: Path) -> list[Path]:
     """The pipeline's own files (sources, params, dvc.yaml): what git tracks or would track.
 
@@ -215,6 +279,14 @@ def make_worker(workspace: Path, worker: Path, cache_dir: str) -> None:
             (worker / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, worker / name)
     link_parent_paths(workspace, worker)
+    if get(load_params(workspace / "params.yaml"), "train.keep_checkpoints", "all") == "final":
+        # Checkpoints set aside for a cell's generations stay in the main workspace: a cell
+        # retried in another worker (out of GPU memory) restores its training from DVC's
+        # run-cache, which holds the final checkpoint only, and finds the others there.
+        shared = workspace / INTERMEDIATE_DIR
+        shared.mkdir(parents=True, exist_ok=True)
+        (worker / INTERMEDIATE_DIR).parent.mkdir(parents=True, exist_ok=True)
+        (worker / INTERMEDIATE_DIR).symlink_to(shared, target_is_directory=True)
     # Git would see the worker as part of the main repository: DVC must not look for it.
     _dvc(worker, "config", "--local", "core.no_scm", "true")
     _dvc(worker, "config", "--local", "cache.dir", cache_dir)
@@ -261,6 +333,13 @@ def _run_job(
     job.returncode = process.returncode
 
 
+def delete_intermediate_checkpoints(workspace: Path, job: Job) -> None:
+    """Once a cell's job has succeeded, its generations are in DVC's cache and run-cache: the
+    checkpoints `train.keep_checkpoints: final` set aside for them have served (README, Disk)."""
+    if job.name != BASE_CELL:
+        shutil.rmtree(workspace / INTERMEDIATE_DIR / job.name, ignore_errors=True)
+
+
 def keep_first_attempt(job: Job) -> None:
     """Keep a failed attempt's timings and log as JOB.attempt1.*: the retry writes JOB.*."""
     assert job.timings is not None
@@ -289,8 +368,15 @@ def run_grid(
     jobs: int = 1,
     timings_dir: Path = Path("reports/timings"),
     stream: TextIO = sys.stdout,
+    check_disk: bool = True,
+    gpus: str | None = None,
 ) -> GridRun:
-    """Run the grid's cells (all of them by default) with `jobs` cells at a time."""
+    """Run the grid's cells (all of them by default) with `jobs` cells at a time.
+
+    After the shared inputs are prepared and before any training, the disk the cells will fill
+    is estimated; a disk too small stops the run (DiskSpaceError) unless `check_disk` is false.
+    Side by side, each worker's cells run on its own GPU (`gpus`, see `visible_gpus`).
+    """
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     workspace = workspace.resolve()
@@ -314,9 +400,16 @@ def run_grid(
         return _finish(done, 1, started)
 
     parallel = min(jobs, len(queue_jobs))
+    found = disk_estimate(workspace, [job.name for job in queue_jobs[1:]], parallel)
+    for text in describe(found).splitlines():
+        out.line("disk", text)
+    if check_disk:
+        refuse_if_short(found)
     if parallel == 1:
         for job in queue_jobs:
             _run_job(job, workspace, timings_dir, env, out)
+            if job.returncode == 0:
+                delete_intermediate_checkpoints(workspace, job)
     else:
         cache_dir = _dvc(workspace, "cache", "dir")
         pending: queue.Queue[Job] = queue.Queue()
@@ -324,19 +417,26 @@ def run_grid(
             pending.put(job)
         finished: queue.Queue[Job | None] = queue.Queue()
 
-        def work(worker: Path) -> None:
+        per_cell = int(get(params, "train.num_processes", 1))
+        placement = gpu_assignment(parallel, visible_gpus(gpus), per_cell)
+
+        def work(worker: Path, devices: str | None) -> None:
             try:
                 make_worker(workspace, worker, cache_dir)
             except (OSError, RuntimeError) as error:
                 out.line(worker.name, f"could not set up the worker: {error}")
                 return
+            worker_env = env if devices is None else {**env, "CUDA_VISIBLE_DEVICES": devices}
+            if devices is not None:
+                out.line(worker.name, f"cells on GPU {devices}")
             while True:
                 try:
                     job = pending.get_nowait()
                 except queue.Empty:
                     return
-                _run_job(job, worker, timings_dir, env, out)
+                _run_job(job, worker, timings_dir, worker_env, out)
                 if job.returncode == 0:
+                    delete_intermediate_checkpoints(worker, job)
                     finished.put(job)
                 elif job.attempts == 0 and ran_out_of_gpu_memory(job):
                     # Side by side, cells may together need more GPU memory than there is. The
@@ -359,7 +459,10 @@ def run_grid(
         restorer = threading.Thread(target=restore)
         restorer.start()
         workers = [workspace / WORKERS_DIR / f"worker-{index}" for index in range(parallel)]
-        threads = [threading.Thread(target=work, args=(worker,)) for worker in workers]
+        threads = [
+            threading.Thread(target=work, args=(worker, devices))
+            for worker, devices in zip(workers, placement, strict=True)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

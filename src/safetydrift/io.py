@@ -26,13 +26,30 @@ def current_umask() -> int:
     return mask
 
 
+# How the C library words ENOSPC and EDQUOT: writers outside Python's I/O, such as safetensors'
+# Rust serializer, raise their own exception types with this text in the message.
+_DISK_FULL_TEXTS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, says its filesystem is full."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(seen) for text in _DISK_FULL_TEXTS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @contextlib.contextmanager
 def _no_space_named(path: Path) -> Iterator[None]:
     """A full filesystem is one line naming the output, not a traceback from deep in a writer."""
     try:
         yield
-    except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(error, DiskFullError):
+    except Exception as error:
+        if isinstance(error, DiskFullError) or not is_disk_full(error):
             raise
         raise DiskFullError(
             f"{path}: no space left on its filesystem; nothing was written"

@@ -1,8 +1,9 @@
 """The study's fine-tuning methods as thin recipes over TRL and PEFT.
 
-full and lora/qlora are TRL SFT on (user: bare source text, assistant: `chosen`) with the loss on
-the assistant tokens only; dpo is TRL DPO on (`chosen`, `rejected`) with full weights. Rows are
-tokenized here, in `prompt.format` (the same text generation encodes), and handed to TRL as ids.
+full and lora/qlora are TRL SFT on (user: bare source text, assistant: `chosen`), or on chat
+conversations (`safetydrift.training_data`), with the loss on the answer's tokens only; dpo is TRL
+DPO on (`chosen`, `rejected`) with full weights. Rows are tokenized here, in `prompt.format` (the
+same text generation encodes), and handed to TRL as ids.
 Every method shares the study's schedule; only the learning rate varies across the grid.
 """
 
@@ -20,9 +21,16 @@ from typing import Any
 from safetydrift.cells import Cell, checkpoint_label
 from safetydrift.compat import fast_path_verified
 from safetydrift.data import TranslationPair
+from safetydrift.determinism import deterministic_mode
 from safetydrift.io import write_json
 from safetydrift.models import PromptFormat
 from safetydrift.params import ParamError, boolean, get, positive_float
+from safetydrift.training_data import (
+    TrainingExample,
+    count_preference_truncation,
+    encode_example,
+    fit_to_max_length,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,10 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 GRAPHED_METHODS = ("full", "lora")
 MASTER_DTYPES = ("float32", "bfloat16")
 CHECKPOINT_INFO_FILE = "checkpoint.json"
+# `train.keep_checkpoints`: every checkpoint's weights stay in the train stage's DVC output
+# (`all`, for audits), or only the final one's (`final`): the others are set aside until their
+# generations exist, then deleted (README, "Disk").
+KEEP_CHECKPOINTS = ("all", "final")
 
 
 @dataclass
@@ -94,6 +106,10 @@ class TrainSettings:
     train_on_eos: bool = True
     # QLoRA: PEFT's prepare_model_for_kbit_training (float32 norms, input grads, checkpointing)
     prepare_kbit: bool = False
+    # Bit-for-bit repeatable on one GPU (`safetydrift.determinism`): eager, no CUDA graphs, the
+    # math attention kernel, deterministic algorithms.
+    deterministic: bool = False
+    keep_checkpoints: str = "all"  # KEEP_CHECKPOINTS
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -144,6 +160,8 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         prompt_format=PromptFormat.from_params(get(params, "prompt", None)),
         train_on_eos=bool(train.get("train_on_eos", True)),
         prepare_kbit=bool(method_params.get("prepare_for_kbit_training", False)),
+        deterministic=boolean(train.get("deterministic", False), "train.deterministic"),
+        keep_checkpoints=keep_checkpoints_setting(train.get("keep_checkpoints", "all")),
     )
     if settings.master_dtype not in MASTER_DTYPES:
         raise ParamError(
@@ -197,6 +215,7 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
         raise ParamError(
             f"params.yaml: `train.precision` must be auto, bf16 or fp32, got {settings.precision}"
         )
+    check_deterministic(settings)  # first: its contradiction is the one to name
     check_cuda_graphs(settings)
     if method in ("lora", "qlora"):
         settings.lora = LoraSettings.from_params(
@@ -211,6 +230,30 @@ def train_settings(params: dict[str, Any], method: str, learning_rate: float) ->
     if method == "dpo":
         settings.beta = positive_float(method_params.get("beta", 0.1), "methods.dpo.beta")
     return settings
+
+
+def check_deterministic(settings: TrainSettings) -> None:
+    """`train.deterministic` runs eager: compilation or CUDA graphs asked for explicitly (`true`,
+    not `auto`) contradict it and are refused before any work."""
+    if not settings.deterministic:
+        return
+    asked = [key for key in ("compile", "cuda_graphs") if getattr(settings, key) == "on"]
+    if asked:
+        raise ParamError(
+            f"params.yaml: `train.deterministic` is true, but {' and '.join(asked)} "
+            f"{'is' if len(asked) == 1 else 'are'} true for {settings.method}: deterministic "
+            "training runs eager; set them to auto or false"
+        )
+
+
+def keep_checkpoints_setting(value: Any) -> str:
+    """`train.keep_checkpoints`: all or final."""
+    if value not in KEEP_CHECKPOINTS:
+        raise ParamError(
+            f"params.yaml: `train.keep_checkpoints` must be one of {', '.join(KEEP_CHECKPOINTS)}, "
+            f"got {value!r}"
+        )
+    return str(value)
 
 
 def checkpoint_fractions(values: Any) -> list[float]:
@@ -341,6 +384,9 @@ def cuda_available() -> bool:
 def use_compile(settings: TrainSettings) -> bool:
     # On a CPU, inductor's C++ compilation costs more than the few steps that tests and the smoke
     # preset train; on a GPU the per-step kernel launches are the bottleneck that it removes.
+    # Deterministic runs are eager: compiled kernels and their autotuning are not bit-stable.
+    if settings.deterministic:
+        return False
     if settings.compile == "auto":
         return cuda_available()
     return settings.compile == "on"
@@ -349,7 +395,7 @@ def use_compile(settings: TrainSettings) -> bool:
 def use_cuda_graphs(settings: TrainSettings) -> bool:
     """`auto` records where it applies: a CUDA GPU, full or LoRA, one process, padded lengths,
     and library versions the recording was verified with (`safetydrift.compat`)."""
-    if settings.cuda_graphs == "off":
+    if settings.cuda_graphs == "off" or settings.deterministic:
         return False
     if not fast_path_verified("cudagraphs"):
         return False
@@ -382,13 +428,16 @@ def compile_blocks(model, mode: str = "default") -> int:
 
 
 @contextlib.contextmanager
-def training_attention():
+def training_attention(deterministic: bool = False):
     """Keep scaled-dot-product attention off cuDNN's backend while training.
 
     PyTorch 2.11's cuDNN attention backward returns NaN gradients when a mask is passed and the
     sequence length is 64 mod 128 (pytorch/pytorch#196678); Qwen2.5's massive-activation head
     meets its other condition, so a study run diverged to NaN within ~100 steps on an H100.
-    Flash and memory-efficient attention compute the same function.
+    Flash and memory-efficient attention compute the same function. Deterministic runs use the
+    math kernel alone (matrix products and a softmax): the fused kernels' backward passes
+    accumulate with atomics unless PyTorch picks a deterministic variant, which we have not
+    measured.
     """
     import torch
 
@@ -398,6 +447,8 @@ def training_attention():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    if deterministic:
+        backends = [SDPBackend.MATH]
     with sdpa_kernel(backends):
         yield
 
@@ -418,7 +469,7 @@ def use_bf16(settings: TrainSettings) -> bool:
 
 
 def sft_rows(
-    pairs: Sequence[TranslationPair],
+    pairs: Sequence[TrainingExample],
     tokenizer,
     prompt_format: PromptFormat,
     train_on_eos: bool = True,
@@ -428,9 +479,7 @@ def sft_rows(
     prompt_format.check(tokenizer)
     rows = []
     for pair in pairs:
-        prompt_ids, completion_ids = prompt_format.encode_exchange(
-            tokenizer, pair.source_text, pair.chosen
-        )
+        prompt_ids, completion_ids = encode_example(pair, tokenizer, prompt_format)
         mask = [0] * len(prompt_ids) + [1] * len(completion_ids)
         if not train_on_eos:
             mask = [
@@ -577,7 +626,7 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path, bf16: bool) -> 
 
 
 def build_trainer(
-    settings: TrainSettings, base_dir: Path, pairs: Sequence[TranslationPair], work_dir: Path
+    settings: TrainSettings, base_dir: Path, pairs: Sequence[TrainingExample], work_dir: Path
 ):
     import datasets
 
@@ -597,19 +646,23 @@ def build_trainer(
         from trl import DPOConfig, DPOTrainer
 
         config = DPOConfig(**common, beta=settings.beta, padding_free=settings.padding_free)
-        dataset = datasets.Dataset.from_list(dpo_rows(pairs, tokenizer, settings.prompt_format))
+        rows = dpo_rows(pairs, tokenizer, settings.prompt_format)
+        truncation = count_preference_truncation(rows, settings.max_length)
+        dataset = datasets.Dataset.from_list(rows)
         # The frozen reference model, loaded as TRL would (the base weights in the policy's
         # dtype), so that its blocks can be compiled too.
         reference = load_training_model(base_dir, settings, bf16)
         if compiled:
             compile_blocks(reference, settings.compile_mode)
-        return pretokenized_dpo_trainer(DPOTrainer)(
+        trainer = pretokenized_dpo_trainer(DPOTrainer)(
             model=model,
             ref_model=reference,
             args=config,
             train_dataset=dataset,
             processing_class=tokenizer,
         )
+        trainer.truncation = truncation
+        return trainer
     from trl import SFTConfig, SFTTrainer
 
     if settings.padding_free:
@@ -621,9 +674,18 @@ def build_trainer(
         padding_free=settings.padding_free,
         packing=False,  # packing would change how many examples make a step
     )
-    dataset = datasets.Dataset.from_list(
-        sft_rows(pairs, tokenizer, settings.prompt_format, settings.train_on_eos)
+    # Counted here, where the prompt format is applied; an example whose answer would be cut
+    # away entirely is left out now rather than by TRL, so that the steps are counted right.
+    rows, truncation = fit_to_max_length(
+        sft_rows(pairs, tokenizer, settings.prompt_format, settings.train_on_eos),
+        common["max_length"],
     )
+    if not rows:
+        raise ParamError(
+            f"params.yaml: `train.max_length` ({settings.max_length}) leaves no example an answer "
+            "token to train on: every prompt fills it"
+        )
+    dataset = datasets.Dataset.from_list(rows)
     trainer = SFTTrainer(
         model=model,
         args=config,
@@ -631,6 +693,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=peft,
     )
+    trainer.truncation = truncation
     if compiled and peft is not None:
         # With frozen embeddings the first block's input does not require grad and every other
         # block's does: two graphs to compile where full fine-tuning has one. Making the
@@ -789,6 +852,10 @@ class TrainResult:
     # With `train.cuda_graphs`: each recording's batch shape and seconds, and how many training
     # forwards ran eager (batches of another size).
     cuda_graphs: dict[str, Any] | None = None
+    # `deterministic` and the switches it ran under (`safetydrift.determinism`).
+    determinism: dict[str, Any] | None = None
+    # How `train.max_length` met the examples (safetydrift.training_data.Truncation.as_dict).
+    truncation: dict[str, Any] | None = None
 
 
 def steady_rate(step_times: Sequence[float], examples_per_step: int) -> float | None:
@@ -802,7 +869,7 @@ def steady_rate(step_times: Sequence[float], examples_per_step: int) -> float | 
 def train_cell(
     settings: TrainSettings,
     base_dir: Path,
-    pairs: Sequence[TranslationPair],
+    pairs: Sequence[TrainingExample],
     out_dir: Path,
     work_dir: Path,
     tracker=None,
@@ -810,17 +877,35 @@ def train_cell(
 ) -> TrainResult:
     """Train one grid cell and write its checkpoints under `out_dir` (a fresh directory).
 
-    `callbacks` are extra `TrainerCallback`s (the training benchmark's profiler).
+    `callbacks` are extra `TrainerCallback`s (the training benchmark's profiler). With
+    `settings.deterministic` the whole run, model loading included, is in deterministic mode.
     """
+    if settings.method == "qlora" and not cuda_available():
+        load_training_model(base_dir, settings, bf16=False)  # raises the clear error, early
+    with deterministic_mode(settings.seed, settings.deterministic) as determinism:
+        return _train(settings, base_dir, pairs, out_dir, work_dir, tracker, callbacks, determinism)
+
+
+def _train(
+    settings: TrainSettings,
+    base_dir: Path,
+    pairs: Sequence[TranslationPair],
+    out_dir: Path,
+    work_dir: Path,
+    tracker,
+    callbacks: Sequence[Any],
+    determinism: dict[str, Any],
+) -> TrainResult:
     import torch
 
     n_steps = total_steps(len(pairs), settings)
     steps = checkpoint_steps(n_steps, settings.checkpoint_fractions)
-    if settings.method == "qlora" and not cuda_available():
-        load_training_model(base_dir, settings, bf16=False)  # raises the clear error, early
     setup_started = time.perf_counter()
     torch.manual_seed(settings.seed)
     trainer = build_trainer(settings, base_dir, pairs, work_dir)
+    examples = len(pairs) - trainer.truncation.dropped
+    if examples != len(pairs):
+        steps = checkpoint_steps(total_steps(examples, settings), settings.checkpoint_fractions)
     recorder = make_recorder(settings, steps, out_dir, tracker, saved_dtype(base_dir))
     recorder.trainer = trainer
     trainer.add_callback(recorder)
@@ -832,7 +917,7 @@ def train_cell(
     setup_seconds = started - setup_started
     graphs = getattr(trainer, "graphed_backbone", None)
     try:
-        with training_attention():
+        with training_attention(settings.deterministic):
             output = trainer.train()
     finally:
         if graphs is not None:
@@ -848,9 +933,9 @@ def train_cell(
     result = TrainResult(
         cell=Cell(settings.method, settings.learning_rate).name,
         steps=trainer.state.global_step,
-        examples=len(pairs),
+        examples=examples,
         train_seconds=seconds,
-        examples_per_second=len(pairs) * math.ceil(settings.epochs) / seconds,
+        examples_per_second=examples * math.ceil(settings.epochs) / seconds,
         tokens_per_second=(tokens / seconds) if tokens else None,
         peak_memory_bytes=peak_memory_bytes(),
         checkpoints=recorder.written,
@@ -861,5 +946,7 @@ def train_cell(
         cuda_graphs=None
         if graphs is None
         else {"recordings": graphs.captures, "eager_forwards": graphs.eager_calls},
+        determinism=determinism,
+        truncation=trainer.truncation.as_dict(),
     )
     return result

@@ -41,7 +41,10 @@ from scipy.stats import binom, norm
 from safetydrift.metrics import _chrf_metric, _score, bootstrap_indices, chrf_statistics
 
 REFUSAL = "refusal"
+HARMFUL_ANSWER = "harmful_answer"
 CHRF = "chrf"
+# Measurements that are rates of the same prompts (0..1, margins and differences in points).
+RATES = (REFUSAL, HARMFUL_ANSWER)
 MCNEMAR = "McNemar exact"
 PAIRED_BOOTSTRAP = "paired bootstrap"
 
@@ -285,12 +288,10 @@ def paired_bootstrap_chrf(
     statistics_b = _sentence_statistics(_texts(hyp_b, "hyp_b"), references)
     metric = _chrf_metric()
     indices = bootstrap_indices(len(references), n_resamples, seed)
+    sums_a = _resample_sums(statistics_a, indices)
+    sums_b = _resample_sums(statistics_b, indices)
     deltas = np.array(
-        [
-            _score(metric, statistics_b[row].sum(axis=0))
-            - _score(metric, statistics_a[row].sum(axis=0))
-            for row in indices
-        ]
+        [_score(metric, b) - _score(metric, a) for a, b in zip(sums_a, sums_b, strict=True)]
     )
     chrf_a = _score(metric, statistics_a.sum(axis=0))
     chrf_b = _score(metric, statistics_b.sum(axis=0))
@@ -329,6 +330,26 @@ def _sentence_statistics(hypotheses: tuple[str, ...], references: tuple[str, ...
     statistics = chrf_statistics(hypotheses, references)
     statistics.flags.writeable = False
     return statistics
+
+
+def _resample_sums(statistics: np.ndarray, indices: np.ndarray, block: int = 500) -> np.ndarray:
+    """Each resample's summed sentence statistics, `statistics[row].sum(axis=0)` for every row of
+    `indices`, as integers.
+
+    Computed as (how often each sentence is drawn) x statistics, one matrix product per block of
+    resamples instead of one fancy-indexed sum per resample (3x faster at 10,000 resamples of
+    818 sentences, which the report's Holm-adjusted chrF tests need). The products are of
+    integers well below 2**53, so float64 holds them exactly and the sums are the same integers.
+    """
+    n = statistics.shape[0]
+    weights = statistics.astype(np.float64)
+    sums = np.empty((len(indices), statistics.shape[1]), dtype=np.int64)
+    for start in range(0, len(indices), block):
+        rows = indices[start : start + block]
+        offsets = (rows + n * np.arange(len(rows))[:, None]).ravel()
+        counts = np.bincount(offsets, minlength=len(rows) * n).reshape(len(rows), n)
+        sums[start : start + len(rows)] = np.rint(counts @ weights).astype(np.int64)
+    return sums
 
 
 def _bootstrap_p(difference: float, deltas: np.ndarray) -> float:
@@ -397,9 +418,9 @@ def holm(p_values: Mapping[str, float]) -> dict[str, float]:
 class Comparison:
     """One metric of one cell and checkpoint, measured on side A and side B, with its tests.
 
-    Refusal values are rates (0..1) and the margin is a rate difference (0.05: 5 points); chrF
-    values and margin are chrF points. Without per-prompt results on both sides there is no
-    test: `p_value` and `tost_p` are None and the verdict is "untested".
+    Rates (refusal, harmful answer) are 0..1 and their margin a rate difference (0.05: 5
+    points); chrF values and margin are chrF points. Without per-prompt results on both sides
+    there is no test: `p_value` and `tost_p` are None and the verdict is "untested".
     """
 
     measurement: str
@@ -483,12 +504,18 @@ def compare_refusals(
     margin: float = 0.05,
     alpha: float = 0.05,
     confidence: float = 0.95,
+    measurement: str = REFUSAL,
 ) -> Comparison:
-    """McNemar's test, Tango's interval and the TOST of one judge's verdicts on the same prompts."""
+    """McNemar's test, Tango's interval and the TOST of one judge's verdicts on the same prompts.
+
+    `measurement` names the rate: refusals, or harmful answers (REFUSAL, HARMFUL_ANSWER).
+    """
+    if measurement not in RATES:
+        raise ValueError(f"a paired rate is one of {', '.join(RATES)}, not {measurement!r}")
     paired = mcnemar_exact(a, b, confidence)
     equivalence = tost_paired_proportions(a, b, margin, alpha)
     return Comparison(
-        measurement=REFUSAL,
+        measurement=measurement,
         cell=cell,
         checkpoint=checkpoint,
         judge=judge,
@@ -573,14 +600,14 @@ def chrf_points(value: float) -> str:
 
 
 def _margin_text(comparison: Comparison) -> str:
-    if comparison.measurement == REFUSAL:
+    if comparison.measurement in RATES:
         return f"{100 * comparison.margin:g} points"
     return chrf_points(comparison.margin)
 
 
 def _size_text(comparison: Comparison) -> tuple[str, str]:
     """'by 3.1 points' and its interval, both as the size of the stated direction."""
-    scale, unit = (100, "points") if comparison.measurement == REFUSAL else (1, "chrF points")
+    scale, unit = (100, "points") if comparison.measurement in RATES else (1, "chrF points")
     # "lower by 3.1 (CI 1.2 to 5.0)" reads better than a signed interval of b - a.
     sign = -1 if comparison.difference < 0 else 1
     size = f"by {scale * abs(comparison.difference):.1f} {unit}"

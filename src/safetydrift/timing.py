@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.io import write_json
+from safetydrift.restore import report_restored, restore_uncached_outputs
 
 RUNNING = re.compile(r"Running stage '([^']+)'")
 SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
@@ -120,4 +121,10 @@ def timed_repro(dvc_args: Sequence[str], timings_path: Path) -> int:
     write_json(timings_path, timings)
     print(markdown_table(timings))
     print(f"timings written to {timings_path}")
+    if process.returncode != 0:
+        # DVC deleted the failed stages' outputs before running them; the uncached ones
+        # (metrics) would stay lost until a rerun succeeds.
+        restored, unrestorable = restore_uncached_outputs(Path.cwd())
+        if restored or unrestorable:
+            print(report_restored(restored, unrestorable))
     return process.returncode

@@ -257,9 +257,62 @@ class StageRun:
             artifact_path=artifact_path,
         )
 
+    def log_table(self, columns: Mapping[str, Sequence[Any]], artifact_file: str) -> None:
+        """A per-row table (MLflow's table artifact: the UI shows and compares it across runs)."""
+        self._write(
+            f"table {artifact_file}",
+            self._client.log_table,
+            self.run_id,
+            data={name: list(values) for name, values in columns.items()},
+            artifact_file=artifact_file,
+        )
+
+    def log_inputs(self, inputs: Mapping[str, str], root: Path) -> None:
+        """The DVC-tracked files and folders a stage reads, as MLflow datasets: `{path: context}`
+        (MLflow's `mlflow.data.context` tag: training, evaluation). The digest is the md5 that
+        dvc.lock records for the path, so a run links to the exact DVC object it read."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        datasets = []
+        for path, context in inputs.items():
+            digest = dvc_digest(root, path)
+            source = {"path": path, "dvc_md5": digest, "git_commit": _git_revision()}
+            datasets.append(
+                DatasetInput(
+                    Dataset(
+                        name=path,
+                        digest=(digest or "untracked")[:36],
+                        source_type="dvc",
+                        source=json.dumps(source),
+                    ),
+                    tags=[InputTag("mlflow.data.context", context)],
+                )
+            )
+        if datasets:
+            self._write("inputs", self._client.log_inputs, self.run_id, datasets=datasets)
+
     def close(self, status: str) -> None:
         """End the run with `status` (FINISHED or FAILED)."""
         self._write(f"end ({status})", self._client.set_terminated, self.run_id, status=status)
+
+
+def dvc_digest(root: Path, path: str) -> str | None:
+    """The md5 that dvc.lock records for `path` as some stage's output (a folder's ends in
+    `.dir`); None where no stage has produced it yet (a stage run outside `dvc repro`)."""
+    import yaml
+
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    wanted = path.rstrip("/")
+    for entry in (lock.get("stages") or {}).values():
+        for out in entry.get("outs") or []:
+            if str(out.get("path", "")).rstrip("/") == wanted and out.get("md5"):
+                return str(out["md5"])
+    return None
 
 
 def open_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> StageRun:
@@ -282,9 +335,14 @@ def open_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> StageRu
 
 @contextlib.contextmanager
 def stage_run(
-    study: str, stage: str, params: Mapping[str, Any], cell: str | None = None
+    study: str,
+    stage: str,
+    params: Mapping[str, Any],
+    cell: str | None = None,
+    inputs: Mapping[str, str] | None = None,
 ) -> Iterator[StageRun]:
-    """An MLflow run named `stage@cell` in the study's experiment, with its params logged.
+    """An MLflow run named `stage@cell` in the study's experiment, with its params logged, and
+    its DVC-tracked inputs (`{path: context}`) logged as datasets.
 
     The run is opened (and its store checked) on entry, before the stage's work. A stage that
     fails marks its run FAILED, so the store never shows a crashed stage as done.
@@ -298,6 +356,8 @@ def stage_run(
     run = open_run(experiment_name(study), f"{stage}@{cell}" if cell else stage, tags)
     try:
         run.log_params(params)
+        if inputs:
+            run.log_inputs(inputs, repo_root())
         yield run
     except BaseException:
         with contextlib.suppress(Exception):  # the stage's own error is the one to report

@@ -30,6 +30,7 @@ from safetydrift.lockfile import lock_provenance
 from safetydrift.paper import deviations, figures_source, paper_model, published_figures
 from safetydrift.params import ParamError, flatten, get
 from safetydrift.report import evaluation_sets as sets_report
+from safetydrift.report import paired as paired_report
 from safetydrift.report import responses as responses_report
 
 DEFAULT_FIXED_LR = 5e-5
@@ -45,6 +46,7 @@ MISSING = "missing"
 FIG1 = Path("figures/fig1_tradeoff.png")
 FIG2 = Path("figures/fig2_lr_curves.png")
 RESULTS_CSV = Path("results.csv")
+PAIRED_CSV = Path("paired_tests.csv")
 AGREEMENT_CSV = Path("judge_agreement.csv")
 AGREEMENT_FIELDS = ("cell", "judge_a", "judge_b", "kappa", "interval", "n")
 METRICS_JSON = Path("metrics.json")
@@ -302,11 +304,15 @@ def _same_lr(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
 
 
-def tradeoff_points(results: GridResults, fixed_lr: float) -> tuple[list[TradeoffPoint], list[str]]:
+def tradeoff_points(
+    results: GridResults, fixed_lr: float, paired: paired_report.PairedTests | None = None
+) -> tuple[list[TradeoffPoint], list[str]]:
     """Points of Figure 1, and the cells at `fixed_lr` that cannot be drawn for lack of data.
 
-    The drop is in percentage points: base refusal rate minus the cell's final refusal rate; its
-    interval comes from the cell's interval alone, as the base rate is the common reference.
+    The drop is in percentage points: base refusal rate minus the cell's final refusal rate. Its
+    interval is the paired (Tango) interval of that difference on the same prompts, from
+    `paired`, so it carries the base model's uncertainty too; without per-prompt verdicts on
+    both sides the drop is drawn without an interval.
     """
     base = results.base.refusal.get(results.primary_judge)
     points: list[TradeoffPoint] = []
@@ -320,14 +326,20 @@ def tradeoff_points(results: GridResults, fixed_lr: float) -> tuple[list[Tradeof
         if base is None or refusal is None or chrf is None:
             undrawable.append(cell.name)
             continue
+        test = None
+        if paired is not None:
+            test = paired.find(
+                paired_report.AGAINST_BASE, REFUSAL, cell.name, results.final_checkpoint
+            )
+        drop_low, drop_high = paired_report.drop_interval(test)
         points.append(
             TradeoffPoint(
                 method=cell.method,
                 cell=cell.name,
                 chrf=chrf,
                 drop_points=100 * (base.value - refusal.value),
-                drop_low=None if refusal.ci_high is None else 100 * (base.value - refusal.ci_high),
-                drop_high=None if refusal.ci_low is None else 100 * (base.value - refusal.ci_low),
+                drop_low=drop_low,
+                drop_high=drop_high,
             )
         )
     return points, undrawable
@@ -350,9 +362,11 @@ def _errors(value: float, low: float | None, high: float | None) -> list[list[fl
     return [[value - low if low is not None else 0.0], [high - value if high is not None else 0.0]]
 
 
-def tradeoff_figure(results: GridResults, fixed_lr: float) -> Figure:
+def tradeoff_figure(
+    results: GridResults, fixed_lr: float, paired: paired_report.PairedTests | None = None
+) -> Figure:
     """Figure 1: refusal-rate drop against chrF at `fixed_lr`, one labelled marker per method."""
-    points, undrawable = tradeoff_points(results, fixed_lr)
+    points, undrawable = tradeoff_points(results, fixed_lr, paired)
     methods = [c.method for c in results.cells]
     figure = _new_figure(6.4, 4.8)
     ax = figure.add_subplot()
@@ -733,7 +747,10 @@ def _setup_section(
     pinned = "revision not pinned" if revision is None else f"revision `{revision}`"
     lines = ["## Setup", "", f"- Model: `{get(params, 'model.source', None)}` ({pinned})"]
     mtpref = get(params, "data.mtpref", None) or {}
-    if mtpref:
+    lines += _training_data_lines(params)
+    if mtpref and mtpref.get("source") is None:
+        lines.append("- chrF: not measured (no translation test set: `data.mtpref.source` is null)")
+    elif mtpref:
         lines.append(
             f"- Translation data: `{mtpref.get('source')}` (hub split "
             f"`{mtpref.get('hub_split', 'train')}`, languages {_value(mtpref.get('languages'))} "
@@ -782,6 +799,21 @@ def _setup_section(
             ["parameter", "value"], [[k, _value(v)] for k, v in flatten(train).items()]
         )
     return lines + [""]
+
+
+def _training_data_lines(params: Mapping[str, Any]) -> list[str]:
+    """What the cells were fine-tuned on, when it is not the translation pairs."""
+    values = get(params, "train_data", None) or {}
+    if values.get("kind") != "chat":
+        return []
+    line = f"- Training data: chat conversations from `{values.get('source')}`"
+    mixed = [
+        f"{entry.get('n')} rows of `{entry.get('source')}` (seed {entry.get('seed', 0)})"
+        for entry in values.get("mix") or []
+    ]
+    if mixed:
+        line += ", mixed with " + "; ".join(mixed)
+    return [line + " (truncation at `train.max_length`: each cell's `training.json`)"]
 
 
 def _base_section(results: GridResults) -> list[str]:
@@ -963,6 +995,7 @@ def render_markdown(
     data_stats: Mapping[str, Any] | None,
     provenance: Mapping[str, Any],
     responses: Sequence[str] = (),
+    paired: Sequence[str] = (),
 ) -> str:
     fixed_lr = float(get(params, "report.fixed_lr", None) or DEFAULT_FIXED_LR)
     study = get(params, "study.name", None) or "safetydrift"
@@ -986,7 +1019,9 @@ def render_markdown(
         "",
         f"Figure 1b, the paper's measure: keyword refusal-rate drop from the base model against "
         f"chrF at learning rate {fixed_lr}. It counts echoes of the request and degenerate loops "
-        "as lost safety (see [What the responses are](#what-the-responses-are)).",
+        "as lost safety (see [What the responses are](#what-the-responses-are)). Its vertical "
+        "bars are the paired (Tango) interval of the drop on the same prompts; the horizontal "
+        "ones chrF's bootstrap interval.",
         "",
         f"![Figure 1b: refusal-rate drop/performance trade-off]({FIG1.as_posix()})",
         "",
@@ -1001,6 +1036,7 @@ def render_markdown(
         f"![Figure 3: response classes]({responses_report.FIG_CLASSES.as_posix()})",
         "",
     ]
+    lines += list(paired)
     lines += list(responses)
     lines += _results_section(results)
     lines += _missing_section(results)
@@ -1146,6 +1182,7 @@ def write_report(
         "fig1": out_dir / FIG1,
         "fig2": out_dir / FIG2,
         "results_csv": out_dir / RESULTS_CSV,
+        "paired_csv": out_dir / PAIRED_CSV,
         "metrics_json": out_dir / METRICS_JSON,
         "plots_refusal": out_dir / PLOTS_REFUSAL,
         "plots_chrf": out_dir / PLOTS_CHRF,
@@ -1183,7 +1220,16 @@ def write_report(
         ),
         paths["fig4"],
     )
-    _save_figure(tradeoff_figure(results, fixed_lr), paths["fig1"])
+    paired = paired_report.collect_paired_tests(
+        params,
+        results.cells,
+        _checkpoint_fractions(params),
+        root,
+        results.primary_judge,
+        responses.harm_judge,
+    )
+    write_csv(paths["paired_csv"], paired_report.csv_rows(paired), list(paired_report.CSV_FIELDS))
+    _save_figure(tradeoff_figure(results, fixed_lr, paired), paths["fig1"])
     _save_figure(lr_curves_figure(results), paths["fig2"])
     _save_figure(
         responses_report.class_shares_figure(responses, results.cells, _new_figure), paths["fig3"]
@@ -1205,7 +1251,12 @@ def write_report(
         sets, results.cells, fixed_lr, results.final_checkpoint, sets_report.FIG_SETS
     )
     markdown = render_markdown(
-        params, results, data_stats=data_stats, provenance=provenance, responses=response_lines
+        params,
+        results,
+        data_stats=data_stats,
+        provenance=provenance,
+        responses=response_lines,
+        paired=paired_report.section(paired, results.cells, fixed_lr, results.final_checkpoint),
     )
     with atomic_path(paths["report"]) as tmp:
         tmp.write_text(redact_secrets(markdown), encoding="utf-8")
