@@ -393,7 +393,13 @@ def test_a_failed_rerun_keeps_the_previous_report_and_records_nothing(project):
     write_json(project / "metrics" / "chrf" / "base.json", {"cell": "base", "checkpoints": {}})
     # The report's other inputs, as a grid that has judged nothing yet leaves them.
     write_json(project / "metrics" / "judge_validation.json", {"n": 0, "files": [], "judges": {}})
-    for folder in ("metrics/harm", "evals/refusal", "evals/harm", "generations/refusal"):
+    for folder in (
+        "metrics/harm",
+        "evals/refusal",
+        "evals/harm",
+        "generations/refusal",
+        "generations/chrf",
+    ):
         (project / folder).mkdir(parents=True, exist_ok=True)
         (project / folder / ".keep").write_text("")
     try:
