@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from safetydrift.determinism import CUBLAS_WORKSPACE_CONFIG
 
 MODES = ("fast", "deterministic")
 
@@ -177,7 +180,13 @@ def run_in_process(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
     result_file = scratch / "result.json"
     spec_file.write_text(json.dumps(spec), encoding="utf-8")
     command = [sys.executable, __file__, "--run-one", str(spec_file), "--result", str(result_file)]
-    subprocess.run(command, check=True)
+    env = dict(os.environ)
+    if spec["params"]["train"].get("deterministic"):
+        # This process trains and then generates: cuBLAS takes its workspace setting when CUDA
+        # starts, in training, so generation's check needs it in the environment from the
+        # start (a DVC stage is one process per step and sets it itself before CUDA starts).
+        env["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+    subprocess.run(command, check=True, env=env)
     return json.loads(result_file.read_text(encoding="utf-8"))
 
 

@@ -428,7 +428,7 @@ def test_a_failed_rerun_keeps_the_previous_report_and_records_nothing(project):
     # The report's other inputs, as a grid that has judged nothing yet leaves them.
     write_json(project / "metrics" / "judge_validation.json", {"n": 0, "files": [], "judges": {}})
     folders = ("metrics/harm", "metrics/evaluations", "evals/refusal", "evals/harm")
-    for folder in (*folders, "generations/refusal"):
+    for folder in (*folders, "generations/refusal", "generations/chrf"):
         (project / folder).mkdir(parents=True, exist_ok=True)
         (project / folder / ".keep").write_text("")
     try:
