@@ -1,5 +1,5 @@
 """DVC stage `prepare_train_data`: the chat kind's training conversations into
-data/chat/train.jsonl and stats.json (`train_data`, README "Training data").
+data/chat/train.jsonl and stats.json (`train_data`, docs/study.md, "Training data").
 
 With `train_data.kind: mtpref` the train stage reads prepare_mtpref's pairs instead, and this
 stage writes an empty train.jsonl and says so in stats.json: it reads no data and loads nothing.

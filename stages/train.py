@@ -1,7 +1,7 @@
 """DVC stage `train@METHOD-LR`: fine-tune one grid cell; checkpoints into models/METHOD-LR/.
 
 With `train.keep_checkpoints: final` only the last checkpoint stays in that output; the earlier
-ones go to models/.intermediate/METHOD-LR/ until their generations exist (README, "Disk").
+ones go to models/.intermediate/METHOD-LR/ until their generations exist (docs/running.md, "Disk").
 It trains on data/mtpref/train.jsonl or data/chat/train.jsonl, as `train_data.kind` says (dvc.yaml
 depends on the same path), and records how many examples `train.max_length` cut.
 

@@ -12,7 +12,7 @@ from packaging.version import Version
 from safetydrift.lockfile import lock_files, lock_mismatches, lock_provenance, read_pins
 
 LOCKS = {lock.name: lock for lock in lock_files(ROOT)}
-# The extras a set-up installs; `vllm` is optional and not locked (README, "Install").
+# The extras a set-up installs; `vllm` is optional and not locked (docs/install.md).
 LOCKED_EXTRAS = ("dev", "gpu")
 
 

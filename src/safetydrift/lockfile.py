@@ -2,7 +2,7 @@
 whether this environment is what they pin.
 
 A report records the hash of each lock file and which one the running environment matches, so a
-figure can be traced to the exact packages that computed it (README, "Install").
+figure can be traced to the exact packages that computed it (docs/install.md).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ MASTER_DTYPES = ("float32", "bfloat16")
 CHECKPOINT_INFO_FILE = "checkpoint.json"
 # `train.keep_checkpoints`: every checkpoint's weights stay in the train stage's DVC output
 # (`all`, for audits), or only the final one's (`final`): the others are set aside until their
-# generations exist, then deleted (README, "Disk").
+# generations exist, then deleted (docs/running.md, "Disk").
 KEEP_CHECKPOINTS = ("all", "final")
 
 
@@ -417,7 +417,7 @@ def compile_blocks(model, mode: str = "default") -> int:
     selects its tokens with a data-dependent mask, which would recompile a whole-model graph for
     every batch). With `mode="reduce-overhead"` each block's forward and backward also replay as
     CUDA graphs, one recording per sequence length: a step's host time was mostly the compiled
-    blocks' own Python wrappers launching kernels one by one (profiled on an H100, README).
+    blocks' own Python wrappers launching kernels one by one (profiled on an H100, docs/design.md).
     Returns the number of blocks compiled.
     """
     block_classes = set(getattr(model, "_no_split_modules", None) or [])

@@ -28,7 +28,7 @@ BASE_MODEL_DIR = Path("models/base")
 MODELS_DIR = Path("models")
 # With `train.keep_checkpoints: final`, the checkpoints before the last, per cell, until their
 # generations exist: scratch beside the DVC outputs, never one itself (gitignored), so deleting it
-# changes no stage's status (README, "Disk").
+# changes no stage's status (docs/running.md, "Disk").
 INTERMEDIATE_DIR = Path("models/.intermediate")
 JUDGE_MODELS_DIR = Path("models/judges")
 GENERATIONS_DIR = Path("generations")
