@@ -80,8 +80,10 @@ def test_deterministic_training_is_eager(base_model_dir):
     settings = train_settings(deterministic_params(compile="auto", cuda_graphs="auto"), "full", 1)
     assert settings.deterministic
     assert not use_compile(settings) and not use_cuda_graphs(settings)
+    explicit = deterministic_params(cuda_graphs=True)
+    explicit["methods"]["full"]["compile"] = True  # the smoke preset sets it per method
     with pytest.raises(ParamError, match="deterministic.*compile and cuda_graphs are true"):
-        train_settings(deterministic_params(compile=True, cuda_graphs=True), "full", 1e-3)
+        train_settings(explicit, "full", 1e-3)
     with pytest.raises(ParamError, match="train.deterministic"):
         train_settings(deterministic_params(deterministic="yes"), "full", 1e-3)
 

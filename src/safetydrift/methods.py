@@ -242,7 +242,7 @@ def check_deterministic(settings: TrainSettings) -> None:
         raise ParamError(
             f"params.yaml: `train.deterministic` is true, but {' and '.join(asked)} "
             f"{'is' if len(asked) == 1 else 'are'} true for {settings.method}: deterministic "
-            "training runs eager; set them to auto or false"
+            f"training runs eager; set {'it' if len(asked) == 1 else 'them'} to auto or false"
         )
 
 
