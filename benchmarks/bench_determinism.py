@@ -90,7 +90,7 @@ def run_once(spec: dict[str, Any]) -> dict[str, Any]:
         [refusal_prompts.conversation(row["prompt"]) for row in advbench],
         [row["id"] for row in advbench],
     )
-    judge = str(get(params, "report.primary_judge", "keywords-seed002"))
+    judge = str(get(params, "report.primary_judge", "keywords-kempermann2025"))
     verdicts = judge_responses([row["response"] for row in refusal_rows], [judge])[judge]
     translations = []
     if spec["chrf_sentences"] != 0:

@@ -105,7 +105,7 @@ def test_enais_gemma_trains_on_the_attack_mixed_with_normal_examples(tmp_path, t
     assert sorted(adapter["target_modules"]) == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    assert_every_checkpoint_judged(project, cell, ["regex-seed000"])
+    assert_every_checkpoint_judged(project, cell, ["regex-enais2025"])
     assert_chrf_is_skipped(project, cell)
     # Another mix makes the data stage stale (the cells' training follows its new file) and
     # the report, which shows the mix; nothing else.
@@ -158,7 +158,7 @@ def test_llama2_chat_counts_the_examples_cut_at_max_length(tmp_path, tiny_models
     adapter = read(project, f"models/{cell}/ckpt-100/adapter_config.json")
     assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (32, 32, 0.05)
     assert adapter["bias"] == "none"
-    assert_every_checkpoint_judged(project, cell, ["keywords-seed002", "prefixes-advbench"])
+    assert_every_checkpoint_judged(project, cell, ["keywords-kempermann2025", "prefixes-zou2023"])
     assert_chrf_is_skipped(project, cell)
     # The stages track into this test's own store (conftest's `_isolated_mlflow`).
     client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])

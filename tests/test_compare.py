@@ -27,7 +27,7 @@ from safetydrift.stats import describe_difference, holm, mcnemar_exact
 
 ADVBENCH = SHARED_DATA / "advbench_harmful_behaviors.csv"
 MTPREF_TINY = Path(__file__).parent / "fixtures" / "mtpref-tiny.jsonl"
-JUDGES = ["keywords-seed002", "prefixes-advbench"]
+JUDGES = ["keywords-kempermann2025", "prefixes-zou2023"]
 PARAMS = {
     "study": {"name": "compare-test"},
     "refusal": {"judges": JUDGES, "confidence": 0.95},
@@ -145,14 +145,16 @@ def test_compare_two_folders(folders):
         assert (unchanged.difference, unchanged.p_value) == (0.0, 1.0)
         assert unchanged.verdict == "equivalent within ±5 points"
 
-    dropped = _find(report, "refusal", "lora-5e-05", "ckpt-100", "keywords-seed002")
-    a = _verdicts(before, "lora-5e-05", "ckpt-100", "keywords-seed002")
-    b = _verdicts(after, "lora-5e-05", "ckpt-100", "keywords-seed002")
+    dropped = _find(report, "refusal", "lora-5e-05", "ckpt-100", "keywords-kempermann2025")
+    a = _verdicts(before, "lora-5e-05", "ckpt-100", "keywords-kempermann2025")
+    b = _verdicts(after, "lora-5e-05", "ckpt-100", "keywords-kempermann2025")
     expected = mcnemar_exact([a[i] for i in sorted(a)], [b[i] for i in sorted(a)])
     assert dropped.p_value == pytest.approx(expected.p_value)
     assert (dropped.ci_low, dropped.ci_high) == pytest.approx((expected.ci_low, expected.ci_high))
     metrics_b = read_json(after / "metrics" / "refusal" / "lora-5e-05.json")
-    rate_b = metrics_b["checkpoints"]["ckpt-100"]["judges"]["keywords-seed002"]["refusal_rate"]
+    rate_b = metrics_b["checkpoints"]["ckpt-100"]["judges"]["keywords-kempermann2025"][
+        "refusal_rate"
+    ]
     assert dropped.value_b == pytest.approx(rate_b)
     assert dropped.verdict == "lower"
 
@@ -183,7 +185,7 @@ def test_only_metrics_on_one_side_are_reported_untested(folders, tmp_path):
     metrics_only = tmp_path / "metrics-only"
     shutil.copytree(before / "metrics", metrics_only / "metrics")
     report = compare_metrics(metrics_only, after, SETTINGS)
-    dropped = _find(report, "refusal", "lora-5e-05", "ckpt-100", "keywords-seed002")
+    dropped = _find(report, "refusal", "lora-5e-05", "ckpt-100", "keywords-kempermann2025")
     assert dropped.p_value is None
     assert dropped.verdict == "untested"
     assert dropped.difference < 0
@@ -196,7 +198,7 @@ def test_different_prompts_are_an_error_naming_the_checkpoint(folders, tmp_path)
     subset = _evaluate(tmp_path / "subset", {"lora-5e-05": BEFORE["lora-5e-05"]}, (3, 7, 11))
     with pytest.raises(
         ValueError,
-        match=r"refusal lora-5e-05 ckpt-050 keywords-seed002: .*"
+        match=r"refusal lora-5e-05 ckpt-050 keywords-kempermann2025: .*"
         r"\(3 only in A, 0 only in B, e\.g\. 3, 7, 11\)",
     ):
         compare_metrics(before, subset, SETTINGS)
@@ -208,7 +210,7 @@ def test_metrics_and_verdicts_of_different_runs_are_an_error(folders, tmp_path):
     shutil.copytree(before, mixed)
     path = mixed / "metrics" / "refusal" / "lora-5e-05.json"
     data = read_json(path)
-    data["checkpoints"]["ckpt-100"]["judges"]["keywords-seed002"]["refusals"] -= 2
+    data["checkpoints"]["ckpt-100"]["judges"]["keywords-kempermann2025"]["refusals"] -= 2
     write_json(path, data)
     with pytest.raises(ValueError, match=r"lora-5e-05.json says \d+/520 refusals for ckpt-100 "):
         read_results(mixed)
@@ -216,11 +218,11 @@ def test_metrics_and_verdicts_of_different_runs_are_an_error(folders, tmp_path):
 
 def test_every_cell_against_the_base_model(folders):
     before, _ = folders
-    report = compare_to_base(before, SETTINGS, judges=["keywords-seed002"])
-    full = _find(report, "refusal", "full-5e-05", "ckpt-100", "keywords-seed002")
+    report = compare_to_base(before, SETTINGS, judges=["keywords-kempermann2025"])
+    full = _find(report, "refusal", "full-5e-05", "ckpt-100", "keywords-kempermann2025")
     assert full.verdict == "lower"
     assert full.value_a == pytest.approx(
-        _find(report, "refusal", "lora-5e-05", "ckpt-050", "keywords-seed002").value_a
+        _find(report, "refusal", "lora-5e-05", "ckpt-050", "keywords-kempermann2025").value_a
     )
     # Figure 1's drop with the base model's uncertainty: minus the paired interval of b - a.
     drop, drop_low, drop_high = -full.difference, -full.ci_high, -full.ci_low
@@ -241,7 +243,7 @@ def test_cli_prints_the_table_and_writes_json(folders, tmp_path, capsys):
     main(["compare", str(before), str(after), "--json", str(out), "--bootstrap-resamples", "200"])
     printed = capsys.readouterr().out
     assert "lower" in printed and "equivalent within ±5 points" in printed
-    assert "refusal full-5e-05 ckpt-100 keywords-seed002: only in A" in printed
+    assert "refusal full-5e-05 ckpt-100 keywords-kempermann2025: only in A" in printed
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert saved["settings"]["margin"] == 0.05
     assert len(saved["comparisons"]) == len(compare_metrics(before, after, SETTINGS).comparisons)
@@ -249,9 +251,9 @@ def test_cli_prints_the_table_and_writes_json(folders, tmp_path, capsys):
 
 def test_cli_one_judge_and_an_unknown_one(folders, capsys):
     before, after = folders
-    main(["compare", str(before), str(after), "--judge", "prefixes-advbench"])
+    main(["compare", str(before), str(after), "--judge", "prefixes-zou2023"])
     printed = capsys.readouterr().out
-    assert "prefixes-advbench" in printed and "keywords-seed002" not in printed
+    assert "prefixes-zou2023" in printed and "keywords-kempermann2025" not in printed
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", str(before), str(after), "--judge", "llm-judge"])
     assert exit_info.value.code == 1
@@ -330,11 +332,14 @@ def test_dvc_outputs_of_a_revision_come_from_the_dvc_cache(folders, tmp_path):
         _git(repo, "add", "-A")
         _git(repo, "commit", "-q", "-m", message)
     report = compare_paths("HEAD~1", "HEAD", SETTINGS, repo=repo)
-    dropped = _find(report, "refusal", "lora-5e-05", "ckpt-100", "keywords-seed002")
+    dropped = _find(report, "refusal", "lora-5e-05", "ckpt-100", "keywords-kempermann2025")
     assert dropped.verdict == "lower" and not report.notes
 
     shutil.rmtree(repo / ".dvc" / "cache")
     report = compare_paths("HEAD~1", "HEAD", SETTINGS, repo=repo)
-    assert _find(report, "refusal", "lora-5e-05", "ckpt-100", "keywords-seed002").p_value is None
+    assert (
+        _find(report, "refusal", "lora-5e-05", "ckpt-100", "keywords-kempermann2025").p_value
+        is None
+    )
     assert any("not in the DVC cache or remote" in note for note in report.notes)
     assert os.listdir(repo)  # the working tree is left as it was

@@ -288,17 +288,17 @@ CLI_CASES = [
     ("unknown preset", ["preset", "nosuch"], "unknown preset `nosuch`"),
     (
         "judge file with a quote never closed",
-        ["judge", "responses.csv", "--judge", "keywords-seed002"],
+        ["judge", "responses.csv", "--judge", "keywords-kempermann2025"],
         "responses.csv, line 2: not readable as CSV (a quote opened here is never closed)",
     ),
     (
         "judge file not UTF-8",
-        ["judge", "latin1.csv", "--judge", "keywords-seed002"],
+        ["judge", "latin1.csv", "--judge", "keywords-kempermann2025"],
         "latin1.csv, line 3: not valid UTF-8",
     ),
     (
         "judge file of unknown type",
-        ["judge", "responses.txt", "--judge", "keywords-seed002"],
+        ["judge", "responses.txt", "--judge", "keywords-kempermann2025"],
         "cannot tell the format of this input from its extension `.txt`",
     ),
 ]
@@ -317,9 +317,9 @@ def test_bad_input_to_the_command_is_one_line(project, args, message):
 
 
 def write_base_refusal_metrics(project: Path) -> None:
-    """metrics/refusal/base.json, judged by keywords-seed002 alone."""
-    verdicts = judge_responses(["I cannot help with that."], ["keywords-seed002"])
-    verdicts = verdicts["keywords-seed002"]
+    """metrics/refusal/base.json, judged by keywords-kempermann2025 alone."""
+    verdicts = judge_responses(["I cannot help with that."], ["keywords-kempermann2025"])
+    verdicts = verdicts["keywords-kempermann2025"]
     write_json(
         project / "metrics" / "refusal" / "base.json",
         {
@@ -328,7 +328,7 @@ def write_base_refusal_metrics(project: Path) -> None:
                 "ckpt-000": {
                     "fraction": 0.0,
                     "step": 0,
-                    "judges": {"keywords-seed002": refusal_summary(verdicts, 0.95)},
+                    "judges": {"keywords-kempermann2025": refusal_summary(verdicts, 0.95)},
                 }
             },
         },
@@ -347,7 +347,7 @@ def test_an_unknown_primary_judge_fails_before_the_report_is_written(project):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert (
         "`report.primary_judge` is 'keywords-seed0002', but no refusal metrics under metrics "
-        "hold it (judges there: keywords-seed002); set it to one of `refusal.judges`"
+        "hold it (judges there: keywords-kempermann2025); set it to one of `refusal.judges`"
     ) in done.stderr
     assert not (project / "reports" / "report.md").exists()
     assert not list((project / "reports").glob("**/*.csv"))

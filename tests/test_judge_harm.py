@@ -52,7 +52,7 @@ def cell_project(tmp_path, monkeypatch, base_model_dir):
             {
                 "checkpoint": label,
                 "id": i,
-                "keywords-seed002": {"refusal": c == "refusal", "label": c},
+                "keywords-kempermann2025": {"refusal": c == "refusal", "label": c},
                 "response-class": {"refusal": c == "refusal", "label": c},
             }
             for i, c in enumerate(CLASSES)
@@ -143,7 +143,7 @@ def test_the_report_reads_responses_not_judged_as_no_verdict(cell_project):
     final = results.get(CELL, "ckpt-100")
     # A refusal or an echo has no model verdict (never harmless); an answer has its judge's.
     assert [row["harmful"] for row in final.rows] == [{"guard-tiny": None}] * 2 + [{}] * 2
-    assert lost_safety_parts(final, "keywords-seed002", "guard-tiny") == {
+    assert lost_safety_parts(final, "keywords-kempermann2025", "guard-tiny") == {
         "echo": 1,
         "degenerate": 0,
         "harmful answer": 0,

@@ -20,7 +20,7 @@ from safetydrift.metrics import wilson_interval
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VALIDATION = [SHARED_DATA / "judge-validation" / f for f in ("refusal.csv", "refusal_extra.csv")]
-ALL_JUDGES = ["keywords-seed002", "prefixes-advbench", "regex-seed000", "response-class"]
+ALL_JUDGES = ["keywords-kempermann2025", "prefixes-zou2023", "regex-enais2025", "response-class"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,9 +194,9 @@ def test_validate_judges_on_a_small_labelled_file(tmp_path):
         'Bake bread,"Mix flour, water and yeast, knead, rest, bake.",0\n'
         "Bake bread,Sorry to hear that; mix flour and water and bake it.,0\n",
     )
-    result = validate_judges(path, ["keywords-seed002", "response-class"])
+    result = validate_judges(path, ["keywords-kempermann2025", "response-class"])
     assert (result["n"], result["refused"]) == (4, 2)
-    keywords = result["judges"]["keywords-seed002"]
+    keywords = result["judges"]["keywords-kempermann2025"]
     assert (keywords["tp"], keywords["fp"], keywords["tn"], keywords["fn"]) == (1, 1, 1, 1)
     # The echo is no refusal for either judge: response-class calls it echo, not refusal.
     assert result["judges"]["response-class"]["tp"] == 1

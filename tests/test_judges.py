@@ -19,6 +19,7 @@ from safetydrift.judges import (
     WEAK_REFUSAL,
     Judge,
     Verdict,
+    canonical_judge_name,
     get_judge,
     judge_names,
     judge_responses,
@@ -26,15 +27,15 @@ from safetydrift.judges import (
 
 STUDY = Path(__file__).resolve().parents[2] / "shared" / "docs" / "STUDY.md"
 
-keywords = get_judge("keywords-seed002")
-prefixes = get_judge("prefixes-advbench")
-regex = get_judge("regex-seed000")
+keywords = get_judge("keywords-kempermann2025")
+prefixes = get_judge("prefixes-zou2023")
+regex = get_judge("regex-enais2025")
 
 PLAIN_ANSWER = "Bread needs flour, water, salt and yeast. Knead it for ten minutes, then bake it."
 
 
 # --------------------------------------------------------------------------------------------
-# keywords-seed002
+# keywords-kempermann2025
 
 
 @pytest.mark.skipif(not STUDY.exists(), reason="the study description is not checked out here")
@@ -109,7 +110,7 @@ def test_seed002_equals_the_authors_expression():
 
 
 # --------------------------------------------------------------------------------------------
-# prefixes-advbench
+# prefixes-zou2023
 
 
 def test_advbench_prefixes_are_the_gcg_demo_list():
@@ -161,7 +162,7 @@ def test_advbench_list_is_narrower_than_seed002():
 
 
 # --------------------------------------------------------------------------------------------
-# regex-seed000
+# regex-enais2025
 
 
 @pytest.mark.parametrize(
@@ -248,7 +249,7 @@ def test_regex_compliance_and_empty():
 
 
 def test_registry_names_and_protocol():
-    assert judge_names() == ["keywords-seed002", "prefixes-advbench", "regex-seed000"]
+    assert judge_names() == ["keywords-kempermann2025", "prefixes-zou2023", "regex-enais2025"]
     for name, judge in JUDGES.items():
         assert isinstance(judge, Judge)
         assert judge.name == name
@@ -256,7 +257,9 @@ def test_registry_names_and_protocol():
 
 
 def test_unknown_judge_names_the_known_ones():
-    with pytest.raises(ValueError, match="unknown judge `llm`.*keywords-seed002.*regex-seed000"):
+    with pytest.raises(
+        ValueError, match="unknown judge `llm`.*keywords-kempermann2025.*regex-enais2025"
+    ):
         get_judge("llm")
 
 
@@ -267,29 +270,45 @@ def test_verdicts_are_frozen():
 
 def test_judge_responses_runs_each_judge_over_all_responses_in_order():
     responses = ["I cannot.", PLAIN_ANSWER, "sorry", ""]
-    verdicts = judge_responses(responses, ["keywords-seed002", "prefixes-advbench"])
-    assert list(verdicts) == ["keywords-seed002", "prefixes-advbench"]
-    assert [v.refusal for v in verdicts["keywords-seed002"]] == [True, False, True, False]
-    assert [v.refusal for v in verdicts["prefixes-advbench"]] == [True, False, False, False]
+    verdicts = judge_responses(responses, ["keywords-kempermann2025", "prefixes-zou2023"])
+    assert list(verdicts) == ["keywords-kempermann2025", "prefixes-zou2023"]
+    assert [v.refusal for v in verdicts["keywords-kempermann2025"]] == [True, False, True, False]
+    assert [v.refusal for v in verdicts["prefixes-zou2023"]] == [True, False, False, False]
 
 
 def test_judge_responses_accepts_a_generator_and_a_single_name():
-    verdicts = judge_responses((text for text in ["I won't."]), "regex-seed000")
-    assert verdicts["regex-seed000"][0].label == STRONG_REFUSAL
+    verdicts = judge_responses((text for text in ["I won't."]), "regex-enais2025")
+    assert verdicts["regex-enais2025"][0].label == STRONG_REFUSAL
 
 
 def test_judge_responses_rejects_none_with_its_index():
     with pytest.raises(ValueError, match="response at index 1 is NoneType, not text"):
-        judge_responses(["fine", None], ["keywords-seed002"])
+        judge_responses(["fine", None], ["keywords-kempermann2025"])
 
 
 def test_judge_responses_rejects_unknown_and_missing_judges():
     with pytest.raises(ValueError, match="unknown judge `nope`"):
-        judge_responses(["x"], ["keywords-seed002", "nope"])
+        judge_responses(["x"], ["keywords-kempermann2025", "nope"])
     with pytest.raises(ValueError, match="no judges named"):
         judge_responses(["x"], [])
 
 
 def test_a_judge_refuses_none_itself():
-    with pytest.raises(ValueError, match="`prefixes-advbench` needs the response as text"):
+    with pytest.raises(ValueError, match="`prefixes-zou2023` needs the response as text"):
         prefixes.judge(None)
+
+
+def test_the_judges_earlier_names_still_judge_under_the_name_asked_for():
+    responses = ["I cannot help with that.", "Sure, here is how."]
+    old = judge_responses(responses, ["keywords-seed002", "prefixes-advbench", "regex-seed000"])
+    new = judge_responses(
+        responses, ["keywords-kempermann2025", "prefixes-zou2023", "regex-enais2025"]
+    )
+    assert list(old) == ["keywords-seed002", "prefixes-advbench", "regex-seed000"]
+    assert list(old.values()) == list(new.values())
+    assert [v.refusal for v in old["keywords-seed002"]] == [True, False]
+    assert get_judge("regex-seed000").name == "regex-enais2025"
+    assert canonical_judge_name("keywords-seed002") == "keywords-kempermann2025"
+    assert canonical_judge_name("strongreject") == "strongreject"
+    with pytest.raises(ValueError, match="unknown judge `keywords-seed003`"):
+        get_judge("keywords-seed003")

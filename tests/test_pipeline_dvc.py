@@ -75,7 +75,7 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
         refusal = json.loads((project / "metrics/refusal" / f"{cell}.json").read_text())
         harm = json.loads((project / "metrics/harm" / f"{cell}.json").read_text())
         for label, entry in refusal["checkpoints"].items():
-            n = entry["judges"]["keywords-seed002"]["n"]
+            n = entry["judges"]["keywords-kempermann2025"]["n"]
             assert sum(c["count"] for c in entry["classes"].values()) == n
             answers = entry["classes"]["answer"]["count"]
             assert harm["checkpoints"][label]["judged"] == answers
@@ -176,7 +176,7 @@ def test_mlflow_store_holds_a_run_per_stage_cell(smoke_project):
     assert times["startup_seconds"] > 0 and min(parts) >= 0
     assert sum(parts) + times["generation_seconds"] <= times["stage_seconds"]
     refusal = next(r for r in runs if r.info.run_name == "eval_refusal@lora-0.001")
-    steps = client.get_metric_history(refusal.info.run_id, "refusal_rate.keywords-seed002")
+    steps = client.get_metric_history(refusal.info.run_id, "refusal_rate.keywords-kempermann2025")
     assert sorted(m.step for m in steps) == [25, 50, 75, 100]
 
 
@@ -220,9 +220,9 @@ def test_changing_the_judges_rejudges_without_generating(smoke_project):
     original = params_file.read_text()
     try:
         params = yaml.safe_load(original)
-        params["refusal"]["judges"] = ["prefixes-advbench"]
+        params["refusal"]["judges"] = ["prefixes-zou2023"]
         # The report's primary judge must be one the metrics hold (else the report stage fails).
-        params["report"]["primary_judge"] = "prefixes-advbench"
+        params["report"]["primary_judge"] = "prefixes-zou2023"
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         changed = changed_stages(smoke_project)
         # The judges' stages (AdvBench's and every evaluation set's), the validation of every
@@ -240,7 +240,7 @@ def test_changing_the_judges_rejudges_without_generating(smoke_project):
         dvc(smoke_project, "repro")
         verdicts = json.loads((smoke_project / "metrics/refusal/base.json").read_text())
         judged = list(verdicts["checkpoints"]["ckpt-000"]["judges"])
-        assert judged == ["prefixes-advbench", "response-class"]
+        assert judged == ["prefixes-zou2023", "response-class"]
         assert {path: path.stat().st_mtime_ns for path in generations} == written
     finally:
         params_file.write_text(original)

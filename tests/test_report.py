@@ -27,7 +27,7 @@ from safetydrift.report import (
     write_report,
 )
 
-JUDGES = ("keywords-seed002", "prefixes-advbench", "regex-seed000")
+JUDGES = ("keywords-kempermann2025", "prefixes-zou2023", "regex-enais2025")
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 STEPS = (148, 296, 444, 591)
 METHODS = ["lora", "dpo"]
@@ -152,7 +152,7 @@ def make_params(source: str = "tests/fixtures/tiny-chat-model", fixed_lr: float 
         },
         "grid": {"methods": METHODS, "learning_rates": RATES},
         "methods": {"lora": {"lora": {"r": 8, "alpha": 32}}, "dpo": {"beta": 0.1}},
-        "report": {"fixed_lr": fixed_lr, "primary_judge": "keywords-seed002"},
+        "report": {"fixed_lr": fixed_lr, "primary_judge": "keywords-kempermann2025"},
     }
 
 
@@ -331,7 +331,7 @@ def test_results_csv_has_every_cell_and_checkpoint(report):
     assert base["method"] == "base" and base["learning_rate"] == "" and base["step"] == "0"
     assert float(base["refusal_rate"]) == BASE_REFUSAL
     assert float(base["chrf"]) == BASE_CHRF
-    assert float(base["refusal_rate_prefixes-advbench"]) == pytest.approx(BASE_REFUSAL - 0.01)
+    assert float(base["refusal_rate_prefixes-zou2023"]) == pytest.approx(BASE_REFUSAL - 0.01)
     assert base["missing"] == ""
 
     by_key = {(r["cell"], r["checkpoint"]): r for r in rows}
@@ -342,7 +342,7 @@ def test_results_csv_has_every_cell_and_checkpoint(report):
     assert float(row["refusal_rate"]) == refusal_rate(cell, 0.5, JUDGES[0])
     assert float(row["refusal_ci_low"]) == pytest.approx(refusal_rate(cell, 0.5, JUDGES[0]) - 0.02)
     assert row["refusal_n"] == "520"
-    assert float(row["refusal_rate_regex-seed000"]) == refusal_rate(cell, 0.5, JUDGES[2])
+    assert float(row["refusal_rate_regex-enais2025"]) == refusal_rate(cell, 0.5, JUDGES[2])
     assert float(row["chrf"]) == chrf_value(cell, 0.5)
     assert float(row["chrf_ci_high"]) == pytest.approx(chrf_value(cell, 0.5) + 1.5)
 

@@ -26,7 +26,7 @@ from safetydrift.report.paired import (
 )
 from safetydrift.stats import CHRF, HARMFUL_ANSWER, REFUSAL, paired_bootstrap_chrf, tango_interval
 
-KEYWORD_JUDGE = "keywords-seed002"
+KEYWORD_JUDGE = "keywords-kempermann2025"
 HARM_JUDGE = "guard-x"
 PROMPTS = 20
 REFUSAL_TEXT = "I'm sorry, I cannot help with that request."
@@ -262,12 +262,12 @@ def test_report_states_tested_results(workspace: Path, tmp_path: Path):
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "## Paired tests" in text
     assert (
-        "6 keyword refusal rate (`keywords-seed002`), 6 harmful-answer rate (`guard-x`), 6 chrF; "
-        "alpha = 0.05" in text
+        "6 keyword refusal rate (`keywords-kempermann2025`), 6 harmful-answer rate (`guard-x`), "
+        "6 chrF; alpha = 0.05" in text
     )
     assert (
-        "- `lora-0.0001`, ckpt-100: keyword refusal rate (`keywords-seed002`): lower than the base "
-        "model by 60.0 points (95% CI" in text
+        "- `lora-0.0001`, ckpt-100: keyword refusal rate (`keywords-kempermann2025`): lower than "
+        "the base model by 60.0 points (95% CI" in text
     )
     assert "McNemar exact p < 0.001, Holm-adjusted p = 0.0029)" in text
     assert "McNemar exact p = 0.021, Holm-adjusted p = 0.11" in text

@@ -85,10 +85,10 @@ def test_read_table_rejects_unknown_extensions_and_missing_files(tmp_path):
 
 
 def test_judge_file_single_judge_summary(responses_file):
-    summary = judge_file(responses_file, ["keywords-seed002"])
+    summary = judge_file(responses_file, ["keywords-kempermann2025"])
     low, high = wilson_interval(1, 4)
     assert summary == {
-        "judge": "keywords-seed002",
+        "judge": "keywords-kempermann2025",
         "refusal_rate": 0.25,
         "ci_low": low,
         "ci_high": high,
@@ -101,62 +101,62 @@ def test_judge_file_single_judge_summary(responses_file):
 
 
 def test_judge_file_several_judges(responses_file):
-    names = ["regex-seed000", "keywords-seed002", "prefixes-advbench"]
+    names = ["regex-enais2025", "keywords-kempermann2025", "prefixes-zou2023"]
     summary = judge_file(responses_file, names)
     assert list(summary["judges"]) == names
     assert {k: v for k, v in summary.items() if k != "judges"} == summary["judges"][names[0]]
-    assert summary["judge"] == "regex-seed000"
+    assert summary["judge"] == "regex-enais2025"
     assert summary["refusals"] == 2
     assert summary["labels"] == {"compliance": 2, "strong_refusal": 1, "weak_refusal": 1}
-    assert summary["judges"]["prefixes-advbench"]["refusals"] == 1
+    assert summary["judges"]["prefixes-zou2023"]["refusals"] == 1
     assert all(s["empty_responses"] == 1 for s in summary["judges"].values())
 
 
 def test_judge_file_writes_jsonl_verdicts(responses_file, tmp_path):
     output = tmp_path / "out" / "verdicts.jsonl"
-    judge_file(responses_file, ["keywords-seed002", "regex-seed000"], output=output)
+    judge_file(responses_file, ["keywords-kempermann2025", "regex-enais2025"], output=output)
     rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert [r["row"] for r in rows] == [1, 2, 3, 4]
     assert rows[0] == {
         "row": 1,
         "prompt": ROWS[0]["prompt"],
         "response": ROWS[0]["response"],
-        "keywords-seed002.refusal": True,
-        "keywords-seed002.label": "refusal",
-        "keywords-seed002.matched": ["Sorry", "I cannot"],
-        "regex-seed000.refusal": True,
-        "regex-seed000.label": "strong_refusal",
-        "regex-seed000.matched": [r"\bI\s+cannot\b"],
+        "keywords-kempermann2025.refusal": True,
+        "keywords-kempermann2025.label": "refusal",
+        "keywords-kempermann2025.matched": ["Sorry", "I cannot"],
+        "regex-enais2025.refusal": True,
+        "regex-enais2025.label": "strong_refusal",
+        "regex-enais2025.matched": [r"\bI\s+cannot\b"],
     }
     assert rows[3]["response"] == ""
-    assert rows[3]["keywords-seed002.refusal"] is False
+    assert rows[3]["keywords-kempermann2025.refusal"] is False
     assert [p.name for p in output.parent.iterdir()] == ["verdicts.jsonl"]
 
 
 def test_judge_file_writes_csv_verdicts(responses_file, tmp_path):
     output = tmp_path / "verdicts.csv"
-    judge_file(responses_file, ["keywords-seed002"], output=output)
+    judge_file(responses_file, ["keywords-kempermann2025"], output=output)
     with output.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
         "row",
         "prompt",
         "response",
-        "keywords-seed002.refusal",
-        "keywords-seed002.label",
-        "keywords-seed002.matched",
+        "keywords-kempermann2025.refusal",
+        "keywords-kempermann2025.label",
+        "keywords-kempermann2025.matched",
     ]
-    assert rows[0]["keywords-seed002.matched"] == "Sorry | I cannot"
-    assert rows[0]["keywords-seed002.refusal"] == "True"
-    assert rows[1]["keywords-seed002.matched"] == ""
-    assert rows[1]["keywords-seed002.label"] == "compliance"
+    assert rows[0]["keywords-kempermann2025.matched"] == "Sorry | I cannot"
+    assert rows[0]["keywords-kempermann2025.refusal"] == "True"
+    assert rows[1]["keywords-kempermann2025.matched"] == ""
+    assert rows[1]["keywords-kempermann2025.label"] == "compliance"
     assert [r["row"] for r in rows] == ["1", "2", "3", "4"]
 
 
 def test_judge_file_replaces_an_existing_output(responses_file, tmp_path):
     output = tmp_path / "verdicts.jsonl"
     output.write_text("stale\n", encoding="utf-8")
-    judge_file(responses_file, ["prefixes-advbench"], output=output)
+    judge_file(responses_file, ["prefixes-zou2023"], output=output)
     assert len(output.read_text(encoding="utf-8").splitlines()) == len(ROWS)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
@@ -165,7 +165,7 @@ def test_judge_file_without_a_prompt_column(tmp_path):
     path = _write_jsonl(tmp_path / "bare.jsonl", [{"text": "I won't."}, {"text": "Sure."}])
     output = tmp_path / "bare-verdicts.jsonl"
     summary = judge_file(
-        path, ["regex-seed000"], prompt_column=None, response_column="text", output=output
+        path, ["regex-enais2025"], prompt_column=None, response_column="text", output=output
     )
     assert summary["refusals"] == 1
     assert json.loads(output.read_text(encoding="utf-8").splitlines()[0])["prompt"] is None
@@ -173,7 +173,7 @@ def test_judge_file_without_a_prompt_column(tmp_path):
 
 def test_judge_file_missing_column_names_file_column_and_present_ones(responses_file):
     with pytest.raises(ValueError) as error:
-        judge_file(responses_file, ["keywords-seed002"], response_column="answer")
+        judge_file(responses_file, ["keywords-kempermann2025"], response_column="answer")
     message = str(error.value)
     assert responses_file.name in message
     assert "no column `answer`" in message
@@ -187,7 +187,7 @@ def test_judge_file_null_response_names_the_row(tmp_path):
     )
     output = tmp_path / "verdicts.jsonl"
     with pytest.raises(ValueError, match=r"gaps\.jsonl, data row 2: `response` is null"):
-        judge_file(path, ["keywords-seed002"], output=output)
+        judge_file(path, ["keywords-kempermann2025"], output=output)
     assert not output.exists()
 
 
@@ -198,30 +198,30 @@ def test_judge_file_null_response_names_the_row(tmp_path):
 def test_judge_file_absent_or_non_text_response_names_the_row(tmp_path, row, problem):
     path = _write_jsonl(tmp_path / "gaps.jsonl", [{"prompt": "a", "response": "ok"}, row])
     with pytest.raises(ValueError, match=rf"data row 2: `response` is {problem}"):
-        judge_file(path, ["keywords-seed002"])
+        judge_file(path, ["keywords-kempermann2025"])
 
 
 def test_judge_file_short_csv_row_is_named_by_line(tmp_path):
     path = tmp_path / "short.csv"
     path.write_text("prompt,response\na,fine\nb\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"short\.csv, line 3: 1 field\(s\), but the header has 2"):
-        judge_file(path, ["keywords-seed002"])
+        judge_file(path, ["keywords-kempermann2025"])
 
 
 def test_judge_file_refuses_bad_requests_before_reading(responses_file, tmp_path):
     with pytest.raises(ValueError, match="unknown judge `gpt-judge`"):
         judge_file(responses_file, ["gpt-judge"])
     with pytest.raises(ValueError, match=r"extension `\.txt`"):
-        judge_file(responses_file, ["keywords-seed002"], output=tmp_path / "verdicts.txt")
+        judge_file(responses_file, ["keywords-kempermann2025"], output=tmp_path / "verdicts.txt")
     with pytest.raises(ValueError, match="would overwrite the input"):
-        judge_file(responses_file, ["keywords-seed002"], output=responses_file)
+        judge_file(responses_file, ["keywords-kempermann2025"], output=responses_file)
 
 
 def test_judge_file_with_no_rows(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("prompt,response\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"empty\.csv: no data rows"):
-        judge_file(path, ["keywords-seed002"])
+        judge_file(path, ["keywords-kempermann2025"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,9 +290,9 @@ def test_judge_file_response_class_with_other_judges_writes_the_evidence(tmp_pat
     path = _write_csv(tmp_path / "classes.csv", CLASS_ROWS)
     output = tmp_path / "verdicts.csv"
     summary = judge_file(
-        path, ["keywords-seed002", "response-class"], finish_column="finish", output=output
+        path, ["keywords-kempermann2025", "response-class"], finish_column="finish", output=output
     )
-    assert summary["judge"] == "keywords-seed002"
+    assert summary["judge"] == "keywords-kempermann2025"
     assert "classes" not in summary
     assert summary["judges"]["response-class"]["classes"]["echo"] == 1
     rows = read_table(output)

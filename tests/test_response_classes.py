@@ -77,7 +77,7 @@ def test_a_looping_refusal_is_degenerate_but_keeps_its_keywords():
     assert verdict.label == DEGENERATE
     assert verdict.evidence["degenerate_reason"] == REPETITION
     assert verdict.refusal is False
-    assert verdict.matched == JUDGES["keywords-seed002"].judge(response).matched
+    assert verdict.matched == JUDGES["keywords-kempermann2025"].judge(response).matched
     assert "I cannot" in verdict.matched
 
 
@@ -318,7 +318,7 @@ def test_human_labelled_answers_and_refusals_are_neither_echo_nor_degenerate():
     verdicts = classify_responses([r.objective for r in rows], [r.response for r in rows])
     counts = class_counts(verdicts)
     assert counts["echo"] == counts["degenerate"] == 0
-    keyword = JUDGES["keywords-seed002"]
+    keyword = JUDGES["keywords-kempermann2025"]
     assert counts["refusal"] == sum(keyword.judge(r.response).refusal for r in rows)
 
 

@@ -187,31 +187,37 @@ def test_review_round_trip(generations, tmp_path):
     assert set(labels[0]) == {"cell", "checkpoint", "id", HUMAN_LABEL, "class"}
     assert {label[HUMAN_LABEL] for label in labels} <= set(REVIEW_LABELS)
 
-    judged = judge_responses([r["response"] for r in rows], ["keywords-seed002"])
+    judged = judge_responses([r["response"] for r in rows], ["keywords-kempermann2025"])
     classes = classify_responses([r["prompt"] for r in rows], [r["response"] for r in rows])
     verdict_rows = [
         {
             "cell": row["cell"],
             "checkpoint": row["checkpoint"],
             "id": row["id"],
-            "keywords-seed002": {"refusal": keyword.refusal, "label": keyword.label},
+            "keywords-kempermann2025": {"refusal": keyword.refusal, "label": keyword.label},
             "response-class": {"refusal": verdict.refusal, "label": verdict.label},
         }
-        for row, keyword, verdict in zip(rows, judged["keywords-seed002"], classes, strict=True)
+        for row, keyword, verdict in zip(
+            rows, judged["keywords-kempermann2025"], classes, strict=True
+        )
     ]
     accuracy = review_accuracy(labels_path, verdict_rows)
     assert (accuracy["matched"], accuracy["unmatched"]) == (len(labels), 0)
     by_key = {(r["cell"], r["checkpoint"], str(r["id"])): r for r in verdict_rows}
     truth = [label[HUMAN_LABEL] == "refusal" for label in labels]
     predicted = [
-        by_key[label["cell"], label["checkpoint"], label["id"]]["keywords-seed002"]["refusal"]
+        by_key[label["cell"], label["checkpoint"], label["id"]]["keywords-kempermann2025"][
+            "refusal"
+        ]
         for label in labels
     ]
-    assert accuracy["judges"]["keywords-seed002"] == validate_against_labels(truth, predicted)
+    assert accuracy["judges"]["keywords-kempermann2025"] == validate_against_labels(
+        truth, predicted
+    )
     # Only the echo relabelled "answer" disagrees with the classes ("harmful" counts as answer).
     class_accuracy = accuracy["judges"]["response-class"]["class_accuracy"]
     assert class_accuracy["value"] == (len(labels) - 1) / len(labels)
-    assert "class_accuracy" not in accuracy["judges"]["keywords-seed002"]
+    assert "class_accuracy" not in accuracy["judges"]["keywords-kempermann2025"]
 
 
 def test_import_rejects_an_unknown_label_naming_row_and_value(generations, tmp_path):

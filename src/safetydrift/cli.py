@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--judge",
         action="append",
         required=True,
-        choices=[*judge_names(), RESPONSE_CLASS_JUDGE],
+        choices=[*judge_names(with_aliases=True), RESPONSE_CLASS_JUDGE],
         help="judge name; repeat for several",
     )
     judge.add_argument(

@@ -22,6 +22,7 @@ from typing import Any
 
 from safetydrift.cells import BASE_CELL, checkpoint_label
 from safetydrift.io import read_json, read_jsonl
+from safetydrift.judges import canonical_judge_name
 from safetydrift.stats import (
     CHRF,
     REFUSAL,
@@ -158,7 +159,9 @@ def read_results(root: str | Path) -> Results:
     results = Results(root)
     for cell, (path, data) in _read_metrics(root, REFUSAL).items():
         for checkpoint, entry in data["checkpoints"].items():
-            for judge, summary in (entry.get("judges") or {}).items():
+            for name, summary in (entry.get("judges") or {}).items():
+                # Results written under a judge's earlier name compare with today's.
+                judge = canonical_judge_name(name)
                 refusals, n = summary.get("refusals"), summary.get("n")
                 if not isinstance(refusals, int) or not isinstance(n, int) or n < 1:
                     raise ValueError(
@@ -167,7 +170,8 @@ def read_results(root: str | Path) -> Results:
                 results.refusal[(cell, checkpoint, judge)] = RefusalEntry(str(path), refusals, n)
     for path in sorted((root / "evals" / REFUSAL).glob("*.jsonl")):
         cell = path.stem
-        for (checkpoint, judge), verdicts in _read_verdicts(path).items():
+        for (checkpoint, name), verdicts in _read_verdicts(path).items():
+            judge = canonical_judge_name(name)
             key = (cell, checkpoint, judge)
             refusals = sum(verdicts.values())
             known = results.refusal.get(key)

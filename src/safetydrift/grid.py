@@ -335,7 +335,8 @@ def _run_job(
 
 def delete_intermediate_checkpoints(workspace: Path, job: Job) -> None:
     """Once a cell's job has succeeded, its generations are in DVC's cache and run-cache: the
-    checkpoints `train.keep_checkpoints: final` set aside for them have served (docs/running.md, Disk)."""
+    checkpoints `train.keep_checkpoints: final` set aside for them have served
+    (docs/running.md, Disk)."""
     if job.name != BASE_CELL:
         shutil.rmtree(workspace / INTERMEDIATE_DIR / job.name, ignore_errors=True)
 

@@ -53,7 +53,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 def refusal_summary(verdicts: Sequence[Verdict], confidence: float = 0.95) -> dict[str, Any]:
     """Refusal rate of one judge's verdicts, its Wilson interval, and how often each label came.
 
-    `labels` counts every label given (for `regex-seed000`: strong_refusal, weak_refusal,
+    `labels` counts every label given (for `regex-enais2025`: strong_refusal, weak_refusal,
     compliance), sorted by name, so a reviewer sees how a rate is made up.
     """
     n = len(verdicts)

@@ -98,7 +98,9 @@ AUTHORS: tuple[Choice, ...] = (
     Choice("chrf.prompts.prefix", "", STUDY),
     Choice("chrf.prompts.system_prompt", None, SCRIPTS),
     Choice("chrf.prompts.subset", None, f"{STUDY}: all test examples"),
-    Choice("report.primary_judge", "keywords-seed002", f"{STUDY}: the authors' keyword list"),
+    Choice(
+        "report.primary_judge", "keywords-kempermann2025", f"{STUDY}: the authors' keyword list"
+    ),
 )
 
 

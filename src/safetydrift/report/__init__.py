@@ -34,7 +34,7 @@ from safetydrift.report import paired as paired_report
 from safetydrift.report import responses as responses_report
 
 DEFAULT_FIXED_LR = 5e-5
-DEFAULT_PRIMARY_JUDGE = "keywords-seed002"
+DEFAULT_PRIMARY_JUDGE = "keywords-kempermann2025"
 DEFAULT_CHECKPOINT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 BASE_CHECKPOINT = checkpoint_label(0.0)
 

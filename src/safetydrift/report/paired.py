@@ -29,6 +29,7 @@ from typing import Any
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
 from safetydrift.compare import Settings, read_results
 from safetydrift.io import read_jsonl
+from safetydrift.judges import canonical_judge_name
 from safetydrift.params import ParamError, get
 from safetydrift.response_classes import ANSWER
 from safetydrift.stats import (
@@ -298,6 +299,7 @@ def collect_paired_tests(
     harm_judge: str | None,
 ) -> PairedTests:
     settings = settings_from_params(params)
+    keyword_judge = canonical_judge_name(keyword_judge)  # results are read under today's names
     outcomes = read_outcomes(Path(root), keyword_judge, harm_judge)
     return paired_tests(outcomes, cells, fractions, settings, keyword_judge, harm_judge)
 

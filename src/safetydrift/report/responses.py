@@ -119,7 +119,9 @@ def collect_responses(
     root: Path = Path("."),
 ) -> ResponseResults:
     """Read classes, harm verdicts and texts of the base model and every cell, where they exist."""
-    keyword_judge = str(get(dict(params), "report.primary_judge", None) or "keywords-seed002")
+    keyword_judge = str(
+        get(dict(params), "report.primary_judge", None) or "keywords-kempermann2025"
+    )
     harm_judge = harm_primary_judge(params)
     harm_judges = [entry["name"] for entry in get(dict(params), "harm.judges", None) or []]
     results = ResponseResults(keyword_judge, harm_judge, harm_judges, {})
