@@ -301,8 +301,10 @@ def test_adding_or_changing_an_evaluation_set_reruns_only_that_set(smoke_project
         sets["benign-more"] = {**sets["benign-tiny"], "subset": 3}
         params["evaluations"]["run"].append("benign-more")
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        # The new set's stages and the report (it lists the sets); no training, no other set.
-        assert changed_stages(smoke_project) - before == set_stages("benign-more") | {"report"}
+        # The new set's stages and the report (it lists the sets; earlier tests of this module
+        # may have left it stale already); no training, no other set.
+        newly = changed_stages(smoke_project) - before
+        assert set_stages("benign-more") <= newly <= set_stages("benign-more") | {"report"}
         dvc(smoke_project, "repro", "judge_evaluation@benign-more-lora-0.001")
         ran = json.loads(
             (smoke_project / "metrics/evaluations/benign-more/lora-0.001.json").read_text()
