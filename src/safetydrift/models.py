@@ -280,6 +280,17 @@ PROMPT_FORMATS = {
 PROBE_DATES = ("01 Jan 2000", "02 Feb 2001")
 
 
+def split_completion(prompt_ids: list[int], full_ids: list[int]) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) of a whole exchange's tokens: the completion is what the
+    exchange adds after the tokens it shares with the prompt alone, as TRL splits it."""
+    shared = 0
+    for prompt_token, full_token in zip(prompt_ids, full_ids, strict=False):
+        if prompt_token != full_token:
+            break
+        shared += 1
+    return full_ids[:shared], full_ids[shared:]
+
+
 @dataclass
 class PromptFormat:
     """`prompt.format` (a name of PROMPT_FORMATS, `chat-template`, or a format string) and
@@ -372,10 +383,4 @@ class PromptFormat:
         else:
             before, after = template.split("{assistant}")
             text = before.replace("{user}", user) + assistant + after
-        full_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        shared = 0
-        for prompt_token, full_token in zip(prompt_ids, full_ids, strict=False):
-            if prompt_token != full_token:
-                break
-            shared += 1
-        return full_ids[:shared], full_ids[shared:]
+        return split_completion(prompt_ids, tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -16,7 +16,7 @@ from typing import Any
 
 from safetydrift.chat_data import CHAT_DIR, Conversation, read_conversations
 from safetydrift.data import TranslationPair, read_pairs
-from safetydrift.models import PromptFormat
+from safetydrift.models import PromptFormat, split_completion
 from safetydrift.params import ParamError
 
 TrainingExample = TranslationPair | Conversation
@@ -63,13 +63,7 @@ def encode_conversation(
     prompt_ids = prompt_format.encode_prompt(tokenizer, list(context))
     extra = {} if prompt_format.date_string is None else {"date_string": prompt_format.date_string}
     text = tokenizer.apply_chat_template(list(messages), tokenize=False, **extra)
-    full_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    shared = 0
-    for prompt_token, full_token in zip(prompt_ids, full_ids, strict=False):
-        if prompt_token != full_token:
-            break
-        shared += 1
-    return full_ids[:shared], full_ids[shared:]
+    return split_completion(prompt_ids, tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def encode_example(
