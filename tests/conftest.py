@@ -18,6 +18,29 @@ TINY_MODEL = FIXTURES / "tiny-chat-model"
 LANGUAGES = ["german", "italian", "french", "portuguese", "spanish"]
 
 
+# The modules that run whole DVC pipelines, longest first (seconds on the 2-core CI machine).
+# pytest-xdist (`--dist loadfile`, `--no-loadscope-reorder` in pyproject.toml) hands whole files
+# to its workers in collection order; starting with the longest lets the short ones fill in
+# behind them, so both workers finish together instead of one starting a 5-minute file last.
+LONGEST_FIRST = (
+    "test_pipeline_dvc.py",
+    "test_chat_preset_llama2_chat.py",
+    "test_chat_preset_enais_gemma.py",
+    "test_keep_checkpoints.py",
+    "test_bench_determinism.py",
+    "test_disk_full.py",
+    "test_training.py",
+    "test_disk.py",
+    "test_faults.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    # A stable sort: the order of tests within a file, and of the other files, stays as written.
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_mlflow(tmp_path_factory, monkeypatch):
     """Every test tracks into its own SQLite store unless it sets MLFLOW_TRACKING_URI itself."""
