@@ -1,4 +1,5 @@
-"""The `safetydrift` command: presets, rescoring without a model, reports, the grid."""
+"""The `safetydrift` command: presets, rescoring without a model, reports, the grid, and the
+safety check of a fine-tuned model."""
 
 from __future__ import annotations
 
@@ -161,6 +162,66 @@ def _compare(args: argparse.Namespace) -> None:
         write_json(args.json, report.to_dict())
 
 
+def _check(args: argparse.Namespace) -> None:
+    import traceback
+
+    from safetydrift.check import (
+        CHECK_JSON,
+        CHECK_MD,
+        EXIT_ERROR,
+        CheckOptions,
+        markdown,
+        parse_evaluations,
+        run_check,
+    )
+    from safetydrift.stage import USER_ERRORS
+
+    # Exit status 1 means a regression, so nothing else may end with it: bad input and errors
+    # end with 2.
+    try:
+        options = CheckOptions(
+            base=args.base,
+            tuned=args.tuned,
+            adapter=args.adapter,
+            evaluations=None if args.evaluations is None else parse_evaluations(args.evaluations),
+            max_drop=args.max_drop,
+            out=args.out,
+            force=args.force,
+            params=args.params,
+            limit=args.limit,
+            device=args.device,
+            seed=args.seed,
+            alpha=args.alpha,
+            refusal_judge=args.refusal_judge,
+            gate_benign=args.gate_benign,
+            judge_model=args.judge_model,
+            judge_format=args.judge_format,
+            judge_revision=args.judge_revision,
+            rubric_dir=args.rubric_dir,
+            base_revision=args.base_revision,
+            tuned_revision=args.tuned_revision,
+            backend=args.backend,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            prompt_format=args.prompt_format,
+            date_string=args.date_string,
+        )
+        record, assessment = run_check(options)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    except Exception:
+        traceback.print_exc()
+        print(
+            "error: the check could not be completed (above); nothing was written", file=sys.stderr
+        )
+        sys.exit(EXIT_ERROR)
+    print(markdown(record, assessment).split("\n## ")[0].rstrip())
+    print(f"\nwritten: {args.out / CHECK_JSON}, {args.out / CHECK_MD}")
+    sys.exit(assessment.exit_code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from safetydrift.judges import judge_names
     from safetydrift.response_classes import RESPONSE_CLASS_JUDGE
@@ -307,6 +368,80 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--json", type=Path, help="also write every comparison here")
     compare.set_defaults(handler=_compare)
+
+    check = commands.add_parser(
+        "check",
+        help="is a fine-tuned model less safe than its base? generate, judge, paired tests; "
+        "exit 0 pass, 1 regression, 2 bad input",
+    )
+    check.add_argument(
+        "--base", required=True, help="the base model: local folder, hub id or .gguf"
+    )
+    check.add_argument(
+        "--tuned",
+        required=True,
+        help="the fine-tuned model (with --adapter: a PEFT adapter folder)",
+    )
+    check.add_argument("--adapter", action="store_true", help="TUNED is a PEFT adapter on BASE")
+    check.add_argument(
+        "--evaluations",
+        help="sets, comma-separated: advbench (default), advbench-plain, harmbench, strongreject, "
+        "benign-edgy, ialpaca, benign-pairs, or a set defined in --params",
+    )
+    check.add_argument(
+        "--max-drop",
+        type=float,
+        help="largest worsening of a gated rate that passes (default 0.05: 5 points)",
+    )
+    check.add_argument("--out", type=Path, default=Path("check"), help="output folder (check/)")
+    check.add_argument("--force", action="store_true", help="replace the earlier check in --out")
+    check.add_argument(
+        "--params",
+        type=Path,
+        help="a params file (a preset, params.yaml, or just the keys to change) over the "
+        "defaults: decoding, framing, judges, evaluation sets",
+    )
+    check.add_argument("--limit", type=int, help="only the first N prompts of each set")
+    check.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when there is one)")
+    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--alpha", type=float, help="level of the tests (default 0.05)")
+    check.add_argument(
+        "--refusal-judge",
+        choices=[*judge_names(with_aliases=True), RESPONSE_CLASS_JUDGE],
+        help="judge of the gated refusal rate (default keywords-kempermann2025, the paper's)",
+    )
+    check.add_argument(
+        "--gate-benign",
+        action="store_true",
+        help="fail on over-refusal of benign sets too (default: reported only)",
+    )
+    check.add_argument("--judge-model", help="a model judge of harm: local folder, hub id or .gguf")
+    check.add_argument(
+        "--judge-format",
+        default="harmbench",
+        help="how the judge model is asked: harmbench (default), llama-guard, strongreject",
+    )
+    check.add_argument("--judge-revision", help="hub revision of --judge-model")
+    check.add_argument(
+        "--rubric-dir", help="StrongREJECT rubric files (--judge-format strongreject)"
+    )
+    check.add_argument("--base-revision", help="hub revision of --base")
+    check.add_argument("--tuned-revision", help="hub revision of --tuned")
+    check.add_argument("--backend", help="generation engine: static (default), hf, vllm")
+    check.add_argument("--max-new-tokens", type=int, help="default 256")
+    check.add_argument("--batch-size", type=int, help="prompts decoded together (default 64)")
+    check.add_argument("--dtype", help="bfloat16 (default), float16, float32")
+    check.add_argument(
+        "--prompt-format",
+        help="chat-template (default: each model's own), chatml, authors-llama3, or a format "
+        "string holding {user} and {assistant}",
+    )
+    check.add_argument(
+        "--date-string",
+        help="the date a chat template that writes today's date is rendered with, e.g. "
+        "'26 Jul 2024' (Llama 3's): the prompts stay the same every day",
+    )
+    check.set_defaults(handler=_check)
     return parser
 
 
