@@ -145,6 +145,7 @@ def test_cells_share_the_gpus_as_asked(monkeypatch):
     assert gpus_per_cell(1, jobs=1, requested=0.2) == 0.2 and cells_at_once(1, 0.2, 1) == 5
     assert gpus_per_cell(4, jobs=6) == 0.6666 and cells_at_once(4, 0.6666, 6) == 6
     assert gpus_per_cell(8, jobs=1) == 1.0 and cells_at_once(8, 1.0, 1) == 8
+    assert gpus_per_cell(1, jobs=1, requested=0.29) == 0.29  # Ray counts in steps of 1e-4
     # A cell trained on two GPUs (`train.num_processes: 2`) holds two whole ones.
     assert gpus_per_cell(5, jobs=3, num_processes=2) == 2.0 and cells_at_once(5, 2.0, 3) == 2
     assert gpus_per_cell(0, jobs=3) == 0.0 and cells_at_once(0, 0.0, 3) == 3  # CPU: --jobs

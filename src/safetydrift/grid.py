@@ -197,6 +197,12 @@ def visible_gpus(requested: str | None = None) -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
+def ray_share(value: float) -> float:
+    """`value` rounded down to Ray's step, ignoring the float error of a product (0.29 × 10⁴ is
+    2899.99...)."""
+    return math.floor(round(value * SHARE_STEP, 6)) / SHARE_STEP
+
+
 def gpus_per_cell(
     gpus: float, jobs: int, num_processes: int = 1, requested: float | None = None
 ) -> float:
@@ -223,10 +229,10 @@ def gpus_per_cell(
             )
         if not gpus:
             raise ValueError(f"--gpus-per-cell is {requested:g} but the grid has no GPU")
-        return math.floor(requested * SHARE_STEP) / SHARE_STEP
+        return ray_share(requested)
     if not gpus:
         return 0.0
-    return min(1.0, math.floor(gpus / jobs * SHARE_STEP) / SHARE_STEP)
+    return min(1.0, ray_share(gpus / jobs))
 
 
 def cells_at_once(gpus: float, share: float, jobs: int) -> int:
@@ -275,7 +281,10 @@ def start_ray(
                 "imported before the grid could bind it to this machine"
             )
     else:
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as error:
+            raise ValueError(f"--address {address}: no Ray cluster answers ({error})") from None
     resources = ray.cluster_resources()
     return {"CPU": resources.get("CPU", 0.0), "GPU": resources.get("GPU", 0.0)}
 
