@@ -51,6 +51,13 @@ def set_aside_intermediate(out_dir: Path, intermediate_dir: Path) -> None:
         shutil.copy2(out_dir / "training.json", tmp / "training.json")
 
 
+def world_size() -> int:
+    """Processes in the group this one trained in: 1 unless `accelerate launch` started it."""
+    import torch.distributed
+
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
 def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dict[str, Any]:
     startup_seconds = process_age_seconds()
     started = time.perf_counter()
@@ -98,6 +105,10 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
             "determinism": result.determinism,
             "steps": result.steps,
             "examples": result.examples,
+            # Processes that trained together (`train.num_processes`), each accumulating its
+            # share of the effective batch: the steps above are the same for any number.
+            "processes": world_size(),
+            "gradient_accumulation_steps": settings.gradient_accumulation_steps,
             "final_loss": result.final_loss,
             "losses": result.losses,
             "cuda_graphs": None

@@ -19,7 +19,7 @@ from safetydrift.disk import (
     parameter_count,
     refuse_if_short,
 )
-from safetydrift.grid import make_worker
+from safetydrift.grid import make_worker, pipeline_files
 
 SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 FULL_CELL, LORA_CELL = "full-0.001", "lora-0.001"
@@ -96,8 +96,8 @@ def test_a_cell_trained_in_a_grid_worker_exists_once_linked_from_the_cache(tmp_p
     project = smoke_copy(tmp_path / "project")
     dvc(project, "repro", "prepare_model", "prepare_mtpref")
     cache = project / ".dvc" / "cache"
-    worker = project / ".dvc" / "tmp" / "grid" / "worker-0"
-    make_worker(project, worker, str(cache))
+    worker = project / ".dvc" / "tmp" / "grid" / FULL_CELL
+    make_worker(worker, pipeline_files(project), project, str(cache))
     dvc(worker, "repro", f"train@{FULL_CELL}")
     # The main workspace restores the worker's stage from DVC's run-cache, running nothing.
     restored = dvc(project, "repro", f"train@{FULL_CELL}")

@@ -6,7 +6,7 @@ import subprocess
 
 from conftest import dvc, smoke_copy
 
-from safetydrift.grid import Job, delete_intermediate_checkpoints
+from safetydrift.grid import delete_intermediate_checkpoints
 
 LORA_CELL = "lora-0.001"
 
@@ -36,7 +36,7 @@ def test_keeping_only_the_final_checkpoint_generates_from_all_then_asks_for_a_re
     assert ignored.returncode == 0  # scratch: neither git's nor DVC's
 
     # The grid deletes them once the cell's job has succeeded; no stage becomes stale.
-    delete_intermediate_checkpoints(project, Job(LORA_CELL, []))
+    delete_intermediate_checkpoints(project, LORA_CELL)
     assert not set_aside.exists()
     assert json.loads(dvc(project, "status", "--json", *generations).stdout or "{}") == {}
     lock = (project / "dvc.lock").read_text()

@@ -25,8 +25,9 @@ def smoke_project(tmp_path_factory):
     )
     env = stage_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlruns.db'}"
-    # The grid script: `dvc repro` cell by cell, two cells at a time in worker copies of the
-    # workspace, then restored here from DVC's run-cache (a bare `dvc repro` has nothing to do).
+    # The grid script: `dvc repro` cell by cell, two cells at a time as Ray tasks, each in its own
+    # copy of the workspace, then restored here from DVC's run-cache (a bare `dvc repro` has
+    # nothing to do).
     done = subprocess.run(
         ["bash", "scripts/run_grid.sh", "--jobs", "2"],
         cwd=project,
@@ -137,9 +138,14 @@ def test_the_grid_restores_its_workers_stages_without_running_them_again(smoke_p
     assert "Stage 'train@lora-0.001' is cached - skipping run" in restored
     summary = json.loads((smoke_project / "reports" / "grid-timings.json").read_text())
     assert summary["parallel_jobs"] == 2 and summary["failed"] == []
+    # Ray, started for the run on this machine alone, ran every cell; no GPU to share here.
+    assert summary["gpus_per_cell"] == 0
+    assert {cell: where["node"] for cell, where in summary["placement"].items()} == {
+        "base": "127.0.0.1", "full-0.001": "127.0.0.1", "lora-0.001": "127.0.0.1"
+    }  # fmt: skip
     # Run one after another, the same stages would take their sum; side by side, less.
     assert 0 < summary["elapsed_seconds"] < summary["wall_seconds"]
-    assert not list((smoke_project / ".dvc" / "tmp" / "grid").glob("worker-*"))
+    assert not list((smoke_project / ".dvc" / "tmp" / "grid").iterdir())  # cells' copies gone
 
 
 def test_the_disk_estimate_counts_only_the_cells_dvc_lock_lacks(smoke_project):

@@ -1,6 +1,7 @@
 """Each method on a tiny random model, on the CPU, through the real TRL and PEFT trainers."""
 
 import copy
+import json
 import os
 import shutil
 import signal
@@ -181,11 +182,12 @@ def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
     assert not list(Path(project / "models").glob("*.partial"))
 
 
-def test_several_processes_need_as_many_gpus():
+def test_several_processes_need_as_many_gpus(monkeypatch):
     import torch
 
     from safetydrift.methods import distributed_launch
 
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     params = params_with(num_processes=2, per_device_batch_size=1)
     settings = train_settings(params, "full", 1e-4)
     if torch.cuda.device_count() >= 2:
@@ -195,6 +197,46 @@ def test_several_processes_need_as_many_gpus():
         with pytest.raises(ParamError, match="`train.num_processes` is 2, but this machine has"):
             distributed_launch(settings, ["stages/train.py"])
     assert distributed_launch(train_settings(PARAMS, "full", 1e-4), ["stages/train.py"]) is None
+    # accelerate's own switch for the CPU launches the processes without GPUs, DDP only.
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    command = distributed_launch(settings, ["stages/train.py"])
+    assert command[command.index("--num_processes") + 1] == "2" and "--multi_gpu" in command
+    fsdp = train_settings(params_with(num_processes=2, per_device_batch_size=1,
+                                      distributed="fsdp"), "full", 1e-4)  # fmt: skip
+    with pytest.raises(ParamError, match="`train.distributed` is fsdp.*FSDP needs GPUs"):
+        distributed_launch(fsdp, ["stages/train.py"])
+
+
+def test_two_processes_train_one_cell_over_gloo_with_the_same_effective_batch(
+    base_model_dir, prepared_mtpref, tmp_path
+):
+    """The train stage relaunches itself under `accelerate launch` on two CPU processes (DDP over
+    gloo): both ranks train, and each accumulates half as many micro-batches, so the optimizer
+    steps and checkpoints are those of one process."""
+    shutil.copytree(base_model_dir, tmp_path / "models" / "base")
+    shutil.copytree(prepared_mtpref, tmp_path / "data" / "mtpref")
+    one = train_settings(params_with(per_device_batch_size=1), "full", 1e-3)
+    params = params_with(num_processes=2, per_device_batch_size=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = stage_env()
+    env["ACCELERATE_USE_CPU"] = "true"
+    env.pop("LOCAL_RANK", None)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "train.py"), "--method", "full", "--lr", "1e-3"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    info = json.loads((tmp_path / "models" / "full-0.001" / "training.json").read_text())
+    assert info["processes"] == 2  # the process group both ranks joined
+    assert (one.gradient_accumulation_steps, info["gradient_accumulation_steps"]) == (2, 1)
+    rows = len(read_pairs(prepared_mtpref / "train.jsonl"))
+    assert info["steps"] == total_steps(rows, one) == 10
+    assert [c["step"] for c in info["checkpoints"]] == [3, 5, 8, 10]
+    assert len(list((tmp_path / "models" / "full-0.001").glob("ckpt-*/model.safetensors"))) == 4
 
 
 def test_a_diverged_run_fails_instead_of_writing_checkpoints(

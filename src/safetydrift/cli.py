@@ -120,6 +120,9 @@ def _grid(args: argparse.Namespace) -> None:
         timings_dir=args.timings,
         check_disk=not args.skip_disk_check,
         gpus=args.gpus,
+        gpus_per_cell_share=args.gpus_per_cell,
+        retries=args.retries,
+        address=args.address,
     )
     summary = write_summary(run, args.summary)
     print(markdown_table(summary))
@@ -318,12 +321,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         default=None,
-        help="cells run side by side on the same machine (default: params' `runtime.jobs`)",
+        help="cells side by side on a machine without GPUs; with GPUs, the default share is "
+        "the GPUs divided by this, at most one each (default: params' `runtime.jobs`)",
     )
     grid.add_argument(
         "--gpus",
-        help="GPUs the cells run on, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else all); "
-        "side by side, each worker's cells get one, round-robin",
+        help="GPUs of this machine the cells run on, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, "
+        "else all)",
+    )
+    grid.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="the share of a GPU each cell holds: 0.2 runs five cells on each GPU (default: "
+        "see --jobs; `train.num_processes` whole GPUs for a cell trained on several)",
+    )
+    grid.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="times a failed cell runs again, after the others (default: 1)",
+    )
+    grid.add_argument(
+        "--address",
+        help="join this Ray cluster (`auto`: the one `ray start` began on this machine) "
+        "instead of starting Ray here; see docs/running.md",
     )
     grid.add_argument(
         "--estimate",

@@ -1,42 +1,48 @@
-"""`safetydrift grid`: the study's whole grid through `dvc repro`, cell by cell, N cells at once.
+"""`safetydrift grid`: the study's whole grid through `dvc repro`, cell by cell, many at once.
 
 One cell of the stand-in study leaves an H100 mostly idle: a training step of a 0.5B model at
 batch 8, or one decoding step, is bound by Python and kernel launches, not by the GPU. So the
-grid runs N cells side by side. DVC takes a lock per workspace, so each of the N workers gets
-its own copy of the workspace's pipeline files (under `.dvc/tmp/grid/`, which neither DVC nor
-git looks into), configured to share the main workspace's DVC cache and MLflow store. DVC's
-run-cache records every stage a worker runs; the `dvc repro` that follows in the main workspace
-finds each of them there and checks their outputs out instead of running them, so the main
-workspace ends with the same `dvc.lock` a one-at-a-time run writes.
+grid runs cells side by side, each a Ray task that holds a share of a GPU (`--gpus-per-cell`:
+0.25 puts four cells on one GPU; `train.num_processes` whole GPUs for a cell trained on several)
+and sees only its GPUs: Ray sets the task's CUDA_VISIBLE_DEVICES, which its `dvc repro` and
+every stage under it inherit. Ray starts on this machine by itself, bound to 127.0.0.1, or joins
+a cluster (`--address`); a task that fails is run again (`--retries`), after the others.
+
+DVC takes a lock per workspace, so each cell runs in its own copy of the workspace's pipeline
+files (under `.dvc/tmp/grid/`, which neither DVC nor git looks into), configured to share the
+main workspace's DVC cache and MLflow store. DVC's run-cache records every stage a cell runs;
+the `dvc repro` that follows in the main workspace finds each of them there and checks their
+outputs out instead of running them, so the main workspace ends with the same `dvc.lock` a
+one-at-a-time run writes. A cell on another machine of a cluster keeps its own cache there and
+pushes what it ran to the DVC remote (`dvc push --run-cache`); the main workspace pulls the
+run-cache and the outputs from it (docs/running.md, "Across machines").
 
 Order: the shared inputs first (prepared data, base model), in the main workspace. One at a time,
 the base model's evaluations and then the cells, those at `report.fixed_lr` (Figure 1) first and
 then the other learning rates, largest first, so that a run cut short has the figures' most
-telling cells. N at a time, the slowest methods first and in turns (QLoRA's eager 4-bit
-training, LoRA, DPO, full fine-tuning; then again; the base model last), so that the last cells
-to finish are short ones and one method's cells do not all want the same resource at once. A
-cell that runs out of GPU memory beside the others goes to the back of the queue, once. Each
-cell a worker finishes is restored into the main workspace at once, while the other cells run;
-then the report, from whatever metrics exist. A run cut short keeps every finished cell, and
-running the command again resumes: DVC skips what `dvc.lock` or its run-cache has. A cell that
-fails is named at the end and does not stop the others.
+telling cells; one at a time needs no Ray and no copies. Side by side, the slowest methods first
+and in turns (QLoRA's eager 4-bit training, LoRA, DPO, full fine-tuning; then again; the base
+model last), so that the last cells to finish are short ones and one method's cells do not all
+want the same resource at once. Each finished cell is restored into the main workspace at once,
+while the other cells run; then the report, from whatever metrics exist. A run cut short keeps
+every finished cell, and running the command again resumes: DVC skips what `dvc.lock` or its
+run-cache has. A cell that fails is named at the end and does not stop the others.
 
 Before any training, the disk the cells will fill is estimated (`safetydrift.disk`) and a disk
-too small stops the run. Side by side, each worker's cells see one GPU (CUDA_VISIBLE_DEVICES),
-the GPUs taken round-robin.
+too small stops the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -60,8 +66,12 @@ PREPARE_STAGES = (
 # time: QLoRA ~330 s, LoRA ~300 s, DPO ~270 s, full ~230 s, the base model's evaluations 80 s).
 SLOWEST_FIRST = ("qlora", "lora", "dpo", "full")
 WORKERS_DIR = Path(".dvc/tmp/grid")
+# On another machine of a cluster: the DVC cache its cells share (the main one is not there).
+NODE_CACHE = "node-cache"
 # Copied into each worker besides the files git lists: DVC's own configuration and its record.
 DVC_FILES = (".dvc/config", ".dvc/config.local", "dvc.yaml", "dvc.lock", "params.yaml")
+# Ray resources are counted in steps of 1e-4: a share is rounded down to one.
+SHARE_STEP = 10_000
 
 
 @dataclass
@@ -73,6 +83,9 @@ class Job:
     returncode: int | None = None
     timings: Path | None = None
     attempts: int = 0
+    # Where Ray ran it: the machine and the GPUs the cell saw (CUDA_VISIBLE_DEVICES).
+    node: str | None = None
+    gpus: str | None = None
 
 
 @dataclass
@@ -81,6 +94,7 @@ class GridRun:
     parallel: int
     wall_seconds: float = 0.0
     failed: list[str] = field(default_factory=list)
+    gpus_per_cell: float = 0.0
 
 
 def default_cells(params: dict[str, Any]) -> list[str]:
@@ -183,22 +197,96 @@ def visible_gpus(requested: str | None = None) -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
-def gpu_assignment(workers: int, gpus: Sequence[str], per_cell: int = 1) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES for each worker: its cells' GPUs, round-robin, so that N workers
-    share G GPUs (several small cells on one GPU when N > G). `per_cell` is
-    `train.num_processes`: a cell trained on several GPUs gets its own group of them. None (the
-    environment as it is) where there is no GPU to place cells on."""
+def ray_share(value: float) -> float:
+    """`value` rounded down to Ray's step, ignoring the float error of a product (0.29 × 10⁴ is
+    2899.99...)."""
+    return math.floor(round(value * SHARE_STEP, 6)) / SHARE_STEP
+
+
+def gpus_per_cell(
+    gpus: float, jobs: int, num_processes: int = 1, requested: float | None = None
+) -> float:
+    """The GPU share each cell holds: `requested` (`--gpus-per-cell`), else the `gpus` shared
+    `jobs` ways, at most one each; `train.num_processes` whole GPUs for a cell trained on
+    several. 0 where there is no GPU."""
+    if num_processes > 1:
+        if requested is not None and requested != num_processes:
+            raise ValueError(
+                f"--gpus-per-cell is {requested:g} but `train.num_processes` is {num_processes}: "
+                f"a cell trained on {num_processes} processes holds {num_processes} whole GPUs"
+            )
+        if gpus and num_processes > gpus:
+            raise ValueError(
+                f"`train.num_processes` is {num_processes} but only {gpus:g} GPU(s) are available "
+                "to the grid"
+            )
+        return float(num_processes) if gpus else 0.0
+    if requested is not None:
+        if requested <= 0 or (requested > 1 and requested != int(requested)):
+            raise ValueError(
+                f"--gpus-per-cell must be a share of one GPU (0 < share <= 1) or a whole number "
+                f"of GPUs, got {requested:g}"
+            )
+        if not gpus:
+            raise ValueError(f"--gpus-per-cell is {requested:g} but the grid has no GPU")
+        return ray_share(requested)
     if not gpus:
-        return [None] * workers
-    if per_cell > len(gpus):
-        raise ValueError(
-            f"`train.num_processes` is {per_cell} but only {len(gpus)} GPU(s) are available "
-            f"to the grid ({','.join(gpus)})"
+        return 0.0
+    return min(1.0, ray_share(gpus / jobs))
+
+
+def cells_at_once(gpus: float, share: float, jobs: int) -> int:
+    """Cells that run side by side: as many as the GPUs hold at `share` each; `jobs` without
+    GPUs."""
+    if not share:
+        return jobs
+    # The share was rounded down, so the quotient is a whole number or just above one.
+    return max(1, math.floor(gpus / share + 1e-9))
+
+
+def start_ray(
+    address: str | None, cpus: int | None = None, gpus: float | None = None
+) -> dict[str, float]:
+    """Start Ray on this machine, or join the cluster at `address`; its CPUs and GPUs.
+
+    On this machine Ray offers `cpus` task slots (one per cell) and `gpus` GPUs (default: those
+    CUDA_VISIBLE_DEVICES lists, else all), and every server it starts listens on 127.0.0.1 only.
+    """
+    if address is None:
+        # On Linux Ray binds its servers to every interface for other machines to join; the
+        # switch it has for machines that never form a cluster (macOS, Windows) binds them to
+        # 127.0.0.1. Read when ray is imported, and by the processes Ray starts.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no reports home from a study run
+    # The cells' lines as they come, each prefixed with its cell, plainly: Ray would hold back
+    # lines that several cells print alike, and colour the prefixes.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    import ray
+
+    if address is None:
+        # "local": a Ray of its own, even where `ray start` left one running here.
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            num_gpus=gpus,
+            include_dashboard=False,
+            log_to_driver=True,
         )
-    groups = [
-        gpus[start : start + per_cell] for start in range(0, len(gpus) - per_cell + 1, per_cell)
-    ]
-    return [",".join(groups[index % len(groups)]) for index in range(workers)]
+        bound = {node["NodeManagerAddress"] for node in ray.nodes()}
+        if bound != {"127.0.0.1"}:
+            ray.shutdown()
+            raise RuntimeError(
+                f"Ray started on {', '.join(sorted(bound))}, not 127.0.0.1 alone: ray was "
+                "imported before the grid could bind it to this machine"
+            )
+    else:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as error:
+            raise ValueError(f"--address {address}: no Ray cluster answers ({error})") from None
+    resources = ray.cluster_resources()
+    return {"CPU": resources.get("CPU", 0.0), "GPU": resources.get("GPU", 0.0)}
 
 
 def trained_cells(workspace: Path, cells: Sequence[str]) -> list[str]:
@@ -258,31 +346,41 @@ def parent_paths(params: Any) -> set[str]:
     return set()
 
 
+def pipeline_files(workspace: Path) -> dict[str, bytes]:
+    """The files a cell's workspace is made of, read once here and sent to every cell through
+    Ray (a cell may run on a machine that has no copy of this workspace)."""
+    names = {*workspace_files(workspace), *(Path(name) for name in DVC_FILES)}
+    return {
+        str(name): (workspace / name).read_bytes()
+        for name in sorted(names)
+        if (workspace / name).is_file()
+    }
+
+
 def link_parent_paths(workspace: Path, worker: Path) -> None:
     """Make `../NAME` in params mean in a worker what it means in the workspace: the worker lives
-    deeper (`.dvc/tmp/grid/worker-N`), so each such NAME beside it links to the workspace's."""
-    for name in parent_paths(load_params(workspace / "params.yaml")):
+    deeper (`.dvc/tmp/grid/CELL`), so each such NAME beside it links to the workspace's."""
+    for name in parent_paths(load_params(worker / "params.yaml")):
         target = workspace.parent / name
         link = worker.parent / name
         if target.exists() and not link.exists():
-            link.symlink_to(target)
+            # Cells starting together may race to make the same link.
+            with contextlib.suppress(FileExistsError):
+                link.symlink_to(target)
 
 
-def make_worker(workspace: Path, worker: Path, cache_dir: str) -> None:
-    """A fresh copy of the workspace's pipeline files that shares its DVC cache."""
+def make_worker(worker: Path, files: dict[str, bytes], workspace: Path, cache_dir: str) -> None:
+    """A fresh workspace of the pipeline's files at `worker` whose DVC cache is `cache_dir`."""
     if worker.exists():
         shutil.rmtree(worker)
-    names = {*workspace_files(workspace), *(Path(name) for name in DVC_FILES)}
-    for name in sorted(names):
-        source = workspace / name
-        if source.is_file():
-            (worker / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, worker / name)
+    for name, content in files.items():
+        (worker / name).parent.mkdir(parents=True, exist_ok=True)
+        (worker / name).write_bytes(content)
     link_parent_paths(workspace, worker)
-    if get(load_params(workspace / "params.yaml"), "train.keep_checkpoints", "all") == "final":
+    if get(load_params(worker / "params.yaml"), "train.keep_checkpoints", "all") == "final":
         # Checkpoints set aside for a cell's generations stay in the main workspace: a cell
-        # retried in another worker (out of GPU memory) restores its training from DVC's
-        # run-cache, which holds the final checkpoint only, and finds the others there.
+        # retried in another worker restores its training from DVC's run-cache, which holds the
+        # final checkpoint only, and finds the others there.
         shared = workspace / INTERMEDIATE_DIR
         shared.mkdir(parents=True, exist_ok=True)
         (worker / INTERMEDIATE_DIR).parent.mkdir(parents=True, exist_ok=True)
@@ -292,62 +390,67 @@ def make_worker(workspace: Path, worker: Path, cache_dir: str) -> None:
     _dvc(worker, "config", "--local", "cache.dir", cache_dir)
 
 
-class _Output:
+class Output:
     """Lines from several jobs at once, each prefixed with its job's name."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._lock = threading.Lock()
 
     def line(self, job: str, text: str) -> None:
-        with self._lock:
-            self._stream.write(f"[{job}] {text.rstrip()}\n")
-            self._stream.flush()
+        self._stream.write(f"[{job}] {text.rstrip()}\n")
+        self._stream.flush()
+
+
+def _stream(command: Sequence[str], cwd: Path, env: dict[str, str], line: Callable[[str], None]):
+    """Run `command`, passing each line of its output to `line`; its exit status."""
+    with subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as process:
+        assert process.stdout is not None
+        for text in process.stdout:
+            line(text)
+    return process.returncode
+
+
+def _repro_command(timings: Path, dvc_args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "safetydrift.cli", "repro", "--timings", str(timings), "--",
+            *dvc_args]  # fmt: skip
 
 
 def _run_job(
-    job: Job, workspace: Path, timings_dir: Path, env: dict[str, str], out: _Output
+    job: Job, workspace: Path, timings_dir: Path, env: dict[str, str], out: Output
 ) -> None:
     job.timings = timings_dir / f"{job.name}.json"
-    command = [
-        sys.executable, "-m", "safetydrift.cli", "repro", "--timings", str(job.timings),
-        "--", *job.targets,
-    ]  # fmt: skip
-    log_path = timings_dir / f"{job.name}.log"
-    with (
-        log_path.open("w", encoding="utf-8") as log,
-        subprocess.Popen(
-            command,
-            cwd=workspace,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        ) as process,
-    ):
-        assert process.stdout is not None
-        for text in process.stdout:
+    with (timings_dir / f"{job.name}.log").open("w", encoding="utf-8") as log:
+
+        def line(text: str) -> None:
             log.write(text)
             out.line(job.name, text)
-    job.returncode = process.returncode
+
+        job.returncode = _stream(_repro_command(job.timings, job.targets), workspace, env, line)
 
 
-def delete_intermediate_checkpoints(workspace: Path, job: Job) -> None:
+def delete_intermediate_checkpoints(workspace: Path, cell: str) -> None:
     """Once a cell's job has succeeded, its generations are in DVC's cache and run-cache: the
     checkpoints `train.keep_checkpoints: final` set aside for them have served
     (docs/running.md, Disk)."""
-    if job.name != BASE_CELL:
-        shutil.rmtree(workspace / INTERMEDIATE_DIR / job.name, ignore_errors=True)
+    if cell != BASE_CELL:
+        shutil.rmtree(workspace / INTERMEDIATE_DIR / cell, ignore_errors=True)
 
 
-def keep_first_attempt(job: Job) -> None:
-    """Keep a failed attempt's timings and log as JOB.attempt1.*: the retry writes JOB.*."""
+def keep_attempt(job: Job, attempt: int) -> None:
+    """Keep a failed attempt's timings and log as JOB.attemptN.*: the next attempt writes JOB.*."""
     assert job.timings is not None
     for suffix in (".json", ".log"):
         path = job.timings.with_suffix(suffix)
         if path.exists():
-            path.replace(path.with_name(f"{job.name}.attempt1{suffix}"))
+            path.replace(path.with_name(f"{job.name}.attempt{attempt}{suffix}"))
 
 
 def _repro_here(
@@ -356,11 +459,216 @@ def _repro_here(
     workspace: Path,
     timings_dir: Path,
     env: dict[str, str],
-    out: _Output,
+    out: Output,
 ) -> Job:
     job = Job(name, list(targets))
     _run_job(job, workspace, timings_dir, env, out)
     return job
+
+
+def run_cell(
+    files: dict[str, bytes],
+    name: str,
+    targets: list[str],
+    workspace: str,
+    main_node: str,
+    cache_dir: str,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """One cell as a Ray task: `safetydrift repro TARGETS` in a workspace of its own, with the
+    GPUs Ray gave the task (CUDA_VISIBLE_DEVICES, which DVC and every stage inherit).
+
+    On the main workspace's machine (`main_node`) the cell shares its DVC cache; on another it
+    pulls the shared inputs from the DVC remote and pushes what it ran back, run-cache included.
+    Returns the exit status, the timings, the log, and where the cell ran.
+    """
+    import ray
+
+    root = Path(workspace)
+    here = ray.get_runtime_context().get_node_id() == main_node
+    node = ray.util.get_node_ip_address()
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    lines: list[str] = []
+
+    def line(text: str) -> None:
+        lines.append(text)
+        print(text.rstrip(), flush=True)  # Ray shows it prefixed with the task's name
+
+    line(f"on {node}{'' if here else ' (not the main workspace)'}, CUDA_VISIBLE_DEVICES={gpus}\n")
+    worker = root / WORKERS_DIR / name
+    make_worker(worker, files, root, cache_dir if here else str(root / WORKERS_DIR / NODE_CACHE))
+    timings = worker.parent / f"{name}.json"
+    cell_env = {**os.environ, **env}
+    pull = [] if here else ["--pull"]
+    returncode = _stream(_repro_command(timings, [*pull, *targets]), worker, cell_env, line)
+    if returncode == 0 and not here:
+        push = [sys.executable, "-m", "dvc", "push", "--run-cache"]
+        returncode = _stream(push, worker, cell_env, line)
+    if returncode == 0:
+        delete_intermediate_checkpoints(worker, name)
+    recorded = json.loads(timings.read_text(encoding="utf-8")) if timings.exists() else None
+    timings.unlink(missing_ok=True)
+    shutil.rmtree(worker, ignore_errors=True)
+    return {
+        "returncode": returncode,
+        "timings": recorded,
+        "log": "".join(lines),
+        "node": node,
+        "gpus": gpus,
+        "main_node": here,
+    }
+
+
+def _record(job: Job, result: dict[str, Any], timings_dir: Path) -> None:
+    """A finished task's log and timings into `timings_dir`, as a job run here writes them."""
+    job.returncode = result["returncode"]
+    job.node, job.gpus = result["node"], result["gpus"]
+    job.timings = timings_dir / f"{job.name}.json"
+    job.timings.with_suffix(".log").write_text(result["log"], encoding="utf-8")
+    if result["timings"] is not None:
+        write_json(job.timings, result["timings"])
+
+
+def run_cells(
+    workspace: Path,
+    jobs: Sequence[Job],
+    share: float,
+    retries: int,
+    timings_dir: Path,
+    env: dict[str, str],
+    out: Output,
+    restore: Callable[[Job, bool], None],
+) -> None:
+    """Run each job as a Ray task holding `share` of a GPU, in the order given; `restore(job,
+    from_main_node)` each one that succeeds as soon as it does. A job that fails runs again,
+    after the others, up to `retries` times; Ray also reruns a task whose process or machine
+    died, as often."""
+    import ray
+
+    files = ray.put(pipeline_files(workspace))
+    main_node = ray.get_runtime_context().get_node_id()
+    cache_dir = _dvc(workspace, "cache", "dir")
+    task = ray.remote(run_cell)
+    running: dict[Any, Job] = {}
+
+    def submit(job: Job) -> None:
+        options = {"num_cpus": 1, "num_gpus": share, "max_retries": retries, "name": job.name}
+        ref = task.options(**options).remote(
+            files, job.name, job.targets, str(workspace), main_node, cache_dir, env
+        )
+        running[ref] = job
+
+    for job in jobs:
+        submit(job)
+    while running:
+        [ref], _ = ray.wait(list(running), num_returns=1)
+        job = running.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayError as error:
+            # The task raised (its workspace could not be made) or Ray lost it for good.
+            result = {"returncode": None, "timings": None, "log": f"{error}\n", "node": None,
+                      "gpus": None, "main_node": True}  # fmt: skip
+            out.line(job.name, str(error).splitlines()[0])
+        _record(job, result, timings_dir)
+        if job.returncode == 0:
+            restore(job, result["main_node"])
+        elif job.attempts < retries:
+            why = (
+                "out of GPU memory beside other cells"
+                if ran_out_of_gpu_memory(job)
+                else f"failed (exit status {job.returncode})"
+            )
+            job.attempts += 1
+            keep_attempt(job, job.attempts)
+            out.line(job.name, f"{why}: runs again after the others ({job.attempts}/{retries})")
+            submit(job)
+
+
+def restore_cell(
+    workspace: Path,
+    job: Job,
+    from_main_node: bool,
+    timings_dir: Path,
+    env: dict[str, str],
+    out: Output,
+) -> Job:
+    """Bring a cell a Ray task ran into the main workspace, as the job `restore-CELL`.
+
+    Every stage the cell ran is in the run-cache: `dvc repro` checks its outputs out here and
+    records them in dvc.lock, without running anything again. One at a time (DVC locks the
+    workspace), while the other cells go on. What a cell ran on another node comes from the DVC
+    remote, run-cache and outputs (`--pull`).
+    """
+    targets = job.targets if from_main_node else ["--pull", *job.targets]
+    return _repro_here(f"restore-{job.name}", targets, workspace, timings_dir, env, out)
+
+
+def check_cluster(workspace: Path, mlflow_uri: str) -> int:
+    """Nodes of the Ray cluster; cells on other nodes need a DVC remote, and on other machines
+    an MLflow server, that every node reaches."""
+    import ray
+
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    remote = subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "default"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if len(nodes) > 1 and (remote.returncode != 0 or not remote.stdout.strip()):
+        raise ValueError(
+            f"the Ray cluster has {len(nodes)} nodes but {workspace} has no default DVC remote: "
+            "cells on other nodes exchange their inputs and results through one "
+            "(`dvc remote add -d NAME URL`, reachable from every node)"
+        )
+    machines = {node["NodeManagerAddress"] for node in nodes}
+    uri = mlflow_uri
+    if len(machines) > 1 and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+        raise ValueError(
+            f"the Ray cluster spans {len(machines)} machines but MLFLOW_TRACKING_URI is the local "
+            f"store {uri}: set it to an MLflow server every machine reaches"
+        )
+    return len(nodes)
+
+
+@dataclass
+class Placement:
+    """How the cells share the machines: each holds `share` of a GPU, `parallel` at a time, on
+    the `nodes` of a Ray cluster (0: one at a time here, without Ray)."""
+
+    share: float
+    parallel: int
+    nodes: int
+
+
+def place_cells(
+    address: str | None,
+    gpus: str | None,
+    jobs: int,
+    num_processes: int,
+    requested_share: float | None,
+    n_jobs: int,
+) -> Placement:
+    """Start Ray where cells will run side by side (see `gpus_per_cell`, `cells_at_once`)."""
+    if address is not None:
+        if gpus is not None:
+            raise ValueError("--gpus picks GPUs of this machine; on a cluster (--address) Ray does")
+        resources = start_ray(address)
+        share = gpus_per_cell(resources["GPU"], jobs, num_processes, requested_share)
+        slots = cells_at_once(resources["GPU"], share, int(resources["CPU"]))
+        return Placement(share, min(slots, n_jobs), nodes=1)
+    if gpus is not None:
+        # Ray gives out the GPUs CUDA_VISIBLE_DEVICES lists, by their ids.
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    gpu_count = len(visible_gpus(gpus))
+    share = gpus_per_cell(gpu_count, jobs, num_processes, requested_share)
+    parallel = min(cells_at_once(gpu_count, share, jobs), n_jobs)
+    if parallel == 1:
+        return Placement(share, 1, nodes=0)
+    start_ray(None, cpus=parallel, gpus=gpu_count)
+    return Placement(share, parallel, nodes=1)
 
 
 def run_grid(
@@ -371,15 +679,22 @@ def run_grid(
     stream: TextIO = sys.stdout,
     check_disk: bool = True,
     gpus: str | None = None,
+    gpus_per_cell_share: float | None = None,
+    retries: int = 1,
+    address: str | None = None,
 ) -> GridRun:
-    """Run the grid's cells (all of them by default) with `jobs` cells at a time.
+    """Run the grid's cells (all of them by default), side by side as Ray tasks.
 
+    On this machine (no `address`), `jobs` cells at a time without GPUs; with GPUs (`gpus`, see
+    `visible_gpus`) as many as they hold at `gpus_per_cell_share` each (see `gpus_per_cell`).
+    One at a time, the cells run in the main workspace itself, without Ray.
     After the shared inputs are prepared and before any training, the disk the cells will fill
     is estimated; a disk too small stops the run (DiskSpaceError) unless `check_disk` is false.
-    Side by side, each worker's cells run on its own GPU (`gpus`, see `visible_gpus`).
     """
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if retries < 0:
+        raise ValueError(f"--retries must be at least 0, got {retries}")
     workspace = workspace.resolve()
     params = load_params(workspace / "params.yaml")
     valid = default_cells(params)
@@ -387,119 +702,91 @@ def run_grid(
     queue_jobs = grid_jobs(list(cells) if cells else valid, valid, evaluations)
     timings_dir = (workspace / timings_dir).resolve()
     timings_dir.mkdir(parents=True, exist_ok=True)
-    out = _Output(stream)
+    out = Output(stream)
+    started = time.perf_counter()
+    num_processes = int(get(params, "train.num_processes", 1))
+    placement = place_cells(
+        address, gpus, jobs, num_processes, gpus_per_cell_share, len(queue_jobs)
+    )
     env = dict(os.environ)
-    # Workers log to the main workspace's MLflow store (a SQLite file by default; MLflow waits
+    # Cells log to the main workspace's MLflow store (a SQLite file by default; MLflow waits
     # on its lock), so a stage restored from DVC's run-cache still has its MLflow run.
     env["MLFLOW_TRACKING_URI"] = tracking_uri(workspace)
-    started = time.perf_counter()
     done: list[Job] = []
-
-    prepare = _repro_here("prepare", prepare_stages(evaluations), workspace, timings_dir, env, out)
-    done.append(prepare)
-    if prepare.returncode != 0:
-        return _finish(done, 1, started)
-
-    parallel = min(jobs, len(queue_jobs))
-    found = disk_estimate(workspace, [job.name for job in queue_jobs[1:]], parallel)
-    for text in describe(found).splitlines():
-        out.line("disk", text)
-    if check_disk:
-        refuse_if_short(found)
-    if parallel == 1:
-        for job in queue_jobs:
-            _run_job(job, workspace, timings_dir, env, out)
-            if job.returncode == 0:
-                delete_intermediate_checkpoints(workspace, job)
-    else:
-        cache_dir = _dvc(workspace, "cache", "dir")
-        pending: queue.Queue[Job] = queue.Queue()
-        for job in slowest_first(queue_jobs):
-            pending.put(job)
-        finished: queue.Queue[Job | None] = queue.Queue()
-
-        per_cell = int(get(params, "train.num_processes", 1))
-        placement = gpu_assignment(parallel, visible_gpus(gpus), per_cell)
-
-        def work(worker: Path, devices: str | None) -> None:
-            try:
-                make_worker(workspace, worker, cache_dir)
-            except (OSError, RuntimeError) as error:
-                out.line(worker.name, f"could not set up the worker: {error}")
-                return
-            worker_env = env if devices is None else {**env, "CUDA_VISIBLE_DEVICES": devices}
-            if devices is not None:
-                out.line(worker.name, f"cells on GPU {devices}")
-            while True:
-                try:
-                    job = pending.get_nowait()
-                except queue.Empty:
-                    return
-                _run_job(job, worker, timings_dir, worker_env, out)
+    try:
+        if placement.nodes:
+            placement.nodes = check_cluster(workspace, env["MLFLOW_TRACKING_URI"])
+        prepare_args = prepare_stages(evaluations)
+        prepare = _repro_here("prepare", prepare_args, workspace, timings_dir, env, out)
+        done.append(prepare)
+        if prepare.returncode != 0:
+            return _finish(done, placement, started)
+        found = disk_estimate(workspace, [job.name for job in queue_jobs[1:]], placement.parallel)
+        for text in describe(found).splitlines():
+            out.line("disk", text)
+        if check_disk:
+            refuse_if_short(found)
+        if not placement.nodes:
+            for job in queue_jobs:
+                _run_job(job, workspace, timings_dir, env, out)
                 if job.returncode == 0:
-                    delete_intermediate_checkpoints(worker, job)
-                    finished.put(job)
-                elif job.attempts == 0 and ran_out_of_gpu_memory(job):
-                    # Side by side, cells may together need more GPU memory than there is. The
-                    # failed stage left nothing DVC would keep; the cell goes to the back of the
-                    # queue once, to run when fewer cells are left beside it.
-                    job.attempts += 1
-                    keep_first_attempt(job)
-                    out.line(job.name, "out of GPU memory beside other cells: queued once more")
-                    pending.put(job)
+                    delete_intermediate_checkpoints(workspace, job.name)
+        else:
+            if placement.nodes > 1:
+                # Cells on other nodes find the shared inputs on the DVC remote.
+                _dvc(workspace, "push", *prepare_args)
+            out.line(
+                "grid",
+                f"{placement.parallel} cell(s) at a time, {placement.share:g} GPU each, "
+                f"on {placement.nodes} node(s)",
+            )
 
-        def restore() -> None:
-            # Every stage a worker ran is in the run-cache: this checks its outputs out here and
-            # records them in dvc.lock, without running anything again. One `dvc repro` at a
-            # time (DVC locks the workspace), while the workers go on with other cells.
-            while (job := finished.get()) is not None:
-                name = f"restore-{job.name}"
-                restored.append(_repro_here(name, job.targets, workspace, timings_dir, env, out))
+            def restore(job: Job, from_main_node: bool) -> None:
+                done.append(restore_cell(workspace, job, from_main_node, timings_dir, env, out))
 
-        restored: list[Job] = []
-        restorer = threading.Thread(target=restore)
-        restorer.start()
-        workers = [workspace / WORKERS_DIR / f"worker-{index}" for index in range(parallel)]
-        threads = [
-            threading.Thread(target=work, args=(worker, devices))
-            for worker, devices in zip(workers, placement, strict=True)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        finished.put(None)
-        restorer.join()
-        done.extend(restored)
-        for worker in workers:
-            shutil.rmtree(worker, ignore_errors=True)
+            # Ray's workers have this environment already (on other machines, their own): the
+            # driver's CUDA_VISIBLE_DEVICES must not override the GPUs Ray gives each task.
+            task_env = {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}
+            ordered = slowest_first(queue_jobs)
+            run_cells(workspace, ordered, placement.share, retries, timings_dir, task_env, out,
+                      restore)  # fmt: skip
+    finally:
+        if placement.nodes:
+            import ray
+
+            ray.shutdown()
     done.extend(queue_jobs)
     # --single-item: the report covers the cells that have metrics; it must not start training
     # the cells this run was not asked for (or that failed).
     done.append(
         _repro_here("report", ["--single-item", "report"], workspace, timings_dir, env, out)
     )
-    return _finish(done, parallel, started)
+    return _finish(done, placement, started)
 
 
-def _finish(done: list[Job], parallel: int, started: float) -> GridRun:
-    run = GridRun(jobs=done, parallel=parallel)
+def _finish(done: list[Job], placement: Placement, started: float) -> GridRun:
+    run = GridRun(jobs=done, parallel=placement.parallel, gpus_per_cell=placement.share)
     run.wall_seconds = round(time.perf_counter() - started, 1)
-    # A job no worker reached (its worker could not be set up) failed too.
+    # A job Ray could not run has no exit status: it failed too.
     run.failed = [job.name for job in done if job.returncode != 0]
     return run
 
 
 def write_summary(run: GridRun, path: Path) -> dict[str, Any]:
-    """The grid's end-to-end wall time beside every stage's, as `safetydrift timings` sums them."""
+    """The grid's end-to-end wall time beside every stage's, as `safetydrift timings` sums them,
+    and where each cell ran."""
     from safetydrift.timing import combine
 
     files = [job.timings for job in run.jobs if job.timings is not None and job.timings.exists()]
     combined = combine(files)
     summary = {
         "parallel_jobs": run.parallel,
+        "gpus_per_cell": run.gpus_per_cell,
         "elapsed_seconds": run.wall_seconds,
         "failed": run.failed,
+        "placement": {
+            job.name: {"node": job.node, "gpus": job.gpus} for job in run.jobs if job.node
+        },
         **combined,
     }
     write_json(path, summary)

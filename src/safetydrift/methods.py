@@ -321,21 +321,34 @@ def check_cuda_graphs(settings: TrainSettings) -> None:
 def distributed_launch(settings: TrainSettings, script_and_args: Sequence[str]) -> list[str] | None:
     """The `accelerate launch` command that reruns the train stage on several processes.
 
-    None when one process trains, or when this process already is one of the launched ranks.
+    One process a GPU; with accelerate's own switch for the CPU (`ACCELERATE_USE_CPU=true`, what
+    `accelerate launch --cpu` sets) the processes train on the CPU and meet over gloo, which is
+    how the launch is tested without GPUs. None when one process trains, or when this process
+    already is one of the launched ranks.
     """
     import os
     import sys
 
     if settings.num_processes == 1 or "LOCAL_RANK" in os.environ:
         return None
-    import torch
+    from accelerate.utils import parse_flag_from_env
 
-    gpus = torch.cuda.device_count()
-    if gpus < settings.num_processes:
+    on_cpu = parse_flag_from_env("ACCELERATE_USE_CPU")
+    if on_cpu and settings.distributed == "fsdp":
         raise ParamError(
-            f"params.yaml: `train.num_processes` is {settings.num_processes}, but this machine has "
-            f"{gpus} CUDA GPU(s); one process trains on each GPU"
+            "params.yaml: `train.distributed` is fsdp, which shards the model across GPUs, but "
+            "ACCELERATE_USE_CPU is set: FSDP needs GPUs (ddp runs on the CPU)"
         )
+    if not on_cpu:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus < settings.num_processes:
+            raise ParamError(
+                f"params.yaml: `train.num_processes` is {settings.num_processes}, but this machine "
+                f"has {gpus} CUDA GPU(s); one process trains on each GPU "
+                "(ACCELERATE_USE_CPU=true trains the processes on the CPU instead)"
+            )
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     command += ["--num_processes", str(settings.num_processes), "--num_machines", "1"]
     if settings.distributed == "fsdp":
@@ -351,6 +364,8 @@ def distributed_launch(settings: TrainSettings, script_and_args: Sequence[str]) 
             "true",
         ]
     else:
+        # torchrun's launcher, whatever the device: accelerate's `--cpu` alone would start one
+        # process. The ranks read ACCELERATE_USE_CPU from the environment they inherit.
         command += ["--multi_gpu"]
     return [*command, *script_and_args]
 
