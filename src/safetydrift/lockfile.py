@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 import sysconfig
-from importlib.metadata import distributions
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -43,6 +44,17 @@ def installed_versions() -> dict[str, str]:
     paths = sysconfig.get_paths()
     folders = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
     return {canonicalize_name(d.metadata["Name"]): d.version for d in distributions(path=folders)}
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """Each named distribution's installed version; None where it is not installed."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def lock_mismatches(lock: Path, installed: dict[str, str] | None = None) -> list[str]:

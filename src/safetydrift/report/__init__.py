@@ -8,7 +8,6 @@ so a report drawn while the grid is still running cannot be mistaken for a finis
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import math
 import os
 import platform
@@ -26,7 +25,8 @@ from matplotlib.figure import Figure
 
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label, grid_cells
 from safetydrift.io import atomic_path, read_json, write_csv, write_json
-from safetydrift.lockfile import lock_provenance
+from safetydrift.lockfile import lock_provenance, package_versions
+from safetydrift.markdown import markdown_table
 from safetydrift.paper import deviations, figures_source, paper_model, published_figures
 from safetydrift.params import ParamError, flatten, get
 from safetydrift.report import evaluation_sets as sets_report
@@ -1118,7 +1118,7 @@ def _responses_section(
         "harmful)? A model judge's pairs hold only the responses it judged (their class is in "
         "`harm.judged_classes`) and could read.",
         "",
-        *responses_report._table(
+        *markdown_table(
             ["judge A", "judge B", "kappa", "interval", "n"],
             [row[1:] for row in agreement if row[0] == "all cells"],
         ),
@@ -1291,16 +1291,6 @@ def _dvc_lock_hashes(path: Path) -> dict[str, dict[str, dict[str, str | None]]] 
     return hashes
 
 
-def _package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PROVENANCE_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def _hardware() -> dict[str, Any]:
     hardware: dict[str, Any] = {
         "platform": platform.platform(),
@@ -1341,7 +1331,7 @@ def collect_provenance(repo_root: Path, params: dict[str, Any]) -> dict[str, Any
         "git": {"revision": revision, "dirty": None if changed is None else bool(changed)},
         "lock_files": lock_provenance(repo_root),
         "dvc_lock": _dvc_lock_hashes(repo_root / "dvc.lock"),
-        "packages": _package_versions(),
+        "packages": package_versions(PROVENANCE_PACKAGES),
         "hardware": _hardware(),
         "seeds": {key: value for key in SEED_KEYS if (value := get(params, key, None)) is not None},
         # Run-time settings cannot change a result, and no stage declares them.

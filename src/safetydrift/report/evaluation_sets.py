@@ -28,7 +28,8 @@ from safetydrift.evaluation_sets import (
     evaluation_set,
 )
 from safetydrift.io import read_json
-from safetydrift.report.responses import ResponseResults, _rate, _table
+from safetydrift.markdown import markdown_table, rate_cell
+from safetydrift.report.responses import ResponseResults
 from safetydrift.response_classes import RESPONSE_CLASSES
 
 FIG_SETS = Path("figures/fig4_harm_vs_helpfulness.png")
@@ -112,7 +113,7 @@ def _harm_cell(point: SetCheckpoint, judge: str | None) -> str:
     entry = point.harm.get(judge) if judge else None
     if entry is None:
         return "—"
-    text = _rate(entry["harmful_answer_rate"], entry["ci_low"], entry["ci_high"])
+    text = rate_cell(entry["harmful_answer_rate"], entry["ci_low"], entry["ci_high"])
     return text + (f" ({entry['unknown']} unreadable)" if entry["unknown"] else "")
 
 
@@ -133,7 +134,7 @@ def set_table(results: SetResults, evaluation: str, cells: Sequence[Cell], final
             continue
         if kind == BENIGN:
             values = [
-                _rate(*(point.rates[r][k] for k in ("rate", "ci_low", "ci_high")))
+                rate_cell(*(point.rates[r][k] for k in ("rate", "ci_low", "ci_high")))
                 if r in point.rates
                 else "—"
                 for r in BENIGN_RATES
@@ -143,7 +144,7 @@ def set_table(results: SetResults, evaluation: str, cells: Sequence[Cell], final
             values += [_share(point.classes.get(c)) for c in RESPONSE_CLASSES]
         suffix = " **collapsed**" if point.collapsed else ""
         rows.append([cell + suffix, point.n, *values])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 # --------------------------------------------------------------------------------------------

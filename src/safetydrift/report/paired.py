@@ -30,6 +30,7 @@ from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
 from safetydrift.compare import Settings, read_results
 from safetydrift.io import read_jsonl
 from safetydrift.judges import canonical_judge_name
+from safetydrift.markdown import markdown_table, p_cell
 from safetydrift.params import ParamError, get
 from safetydrift.response_classes import ANSWER
 from safetydrift.stats import (
@@ -42,7 +43,6 @@ from safetydrift.stats import (
     compare_chrf,
     compare_refusals,
     describe_difference,
-    format_p,
 )
 
 BASE_CHECKPOINT = checkpoint_label(0.0)
@@ -332,10 +332,6 @@ def _number(comparison: Comparison, value: float | None, signed: bool = False) -
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _p(p: float | None) -> str:
-    return "—" if p is None else format_p(p).removeprefix("= ")
-
-
 def _difference(c: Comparison) -> str:
     text = _number(c, c.difference, signed=True)
     if c.ci_low is not None and c.ci_high is not None:
@@ -351,22 +347,14 @@ def _row(test: PairedTest, tests: PairedTests) -> list[str]:
         _number(c, c.value_b),
         _difference(c),
         str(c.n),
-        _p(c.p_value),
-        _p(c.p_holm),
-        _p(c.tost_p_holm),
+        p_cell(c.p_value),
+        p_cell(c.p_holm),
+        p_cell(c.tost_p_holm),
         c.verdict,
     ]
 
 
 TEST_COLUMNS = ["n", "p", "Holm p", "TOST Holm p", "verdict"]
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
 
 
 def _statements(
@@ -438,9 +426,9 @@ def section(tests: PairedTests, cells: Sequence[Cell], fixed_lr: float, final: s
     ]
     lines += ["### Every checkpoint against the base model", ""]
     header = ["cell", "checkpoint", "metric", "base", "checkpoint value", "Δ [CI]", *TEST_COLUMNS]
-    lines += (_table(header, base_rows) if base_rows else ["No tests: no per-prompt results."]) + [
-        ""
-    ]
+    lines += (
+        markdown_table(header, base_rows) if base_rows else ["No tests: no per-prompt results."]
+    ) + [""]
     method_rows = [
         [t.cell_a, t.cell_b, t.comparison.checkpoint, *_row(t, tests)]
         for t in tests.tests
@@ -448,7 +436,7 @@ def section(tests: PairedTests, cells: Sequence[Cell], fixed_lr: float, final: s
     ]
     if method_rows:
         header = ["A", "B", "checkpoint", "metric", "A value", "B value", "Δ [CI]", *TEST_COLUMNS]
-        lines += ["### Methods against each other", "", *_table(header, method_rows), ""]
+        lines += ["### Methods against each other", "", *markdown_table(header, method_rows), ""]
     if tests.untested:
         lines += [
             f"Not tested ({len(tests.untested)}; per-prompt files missing, not counted in any "

@@ -21,6 +21,7 @@ from typing import Any
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
 from safetydrift.io import read_json, read_jsonl
 from safetydrift.judge_validation import pairwise_agreement
+from safetydrift.markdown import markdown_table, rate_cell
 from safetydrift.params import ParamError, get
 from safetydrift.response_classes import (
     ANSWER,
@@ -208,35 +209,18 @@ def lost_safety_table(
             [cell.name, f"{lost} of {len(checkpoint.rows)}"]
             + [f"{parts[p]} ({100 * parts[p] / lost:.0f}%)" if lost else "0" for p in LOST_PARTS]
         )
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 # --------------------------------------------------------------------------------------------
 # Tables
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return lines
-
-
-def _rate(value: float | None, low: float | None = None, high: float | None = None) -> str:
-    if value is None:
-        return "—"
-    if low is None or high is None:
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-
-
 def harmful_answer_cell(checkpoint: CheckpointResponses, judge: str | None) -> str:
     entry = checkpoint.harm.get(judge) if judge else None
     if entry is None:
         return "missing"
-    text = _rate(entry["harmful_answer_rate"], entry["ci_low"], entry["ci_high"])
+    text = rate_cell(entry["harmful_answer_rate"], entry["ci_low"], entry["ci_high"])
     return text + (f" ({entry['unknown']} unreadable)" if entry["unknown"] else "")
 
 
@@ -258,12 +242,12 @@ def classes_table(results: ResponseResults) -> list[str]:
                     cell,
                     c.checkpoint,
                     harmful_answer_cell(c, results.harm_judge),
-                    _rate(c.keyword_refusal),
+                    rate_cell(c.keyword_refusal),
                     *shares,
                     "**collapsed**" if c.collapsed else "",
                 ]
             )
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,7 +321,9 @@ def validation_table(validation: Mapping[str, Any] | None) -> list[str]:
     rows = []
     for name, scores in validation["judges"].items():
         cells = [
-            _rate(*(scores[k][p] for p in ("value", "ci_low", "ci_high"))) if scores.get(k) else "—"
+            rate_cell(*(scores[k][p] for p in ("value", "ci_low", "ci_high")))
+            if scores.get(k)
+            else "—"
             for k in ("accuracy", "precision", "recall")
         ]
         rows.append([name, scores.get("n", 0), *cells, scores.get("unparsed", 0)])
@@ -348,7 +334,7 @@ def validation_table(validation: Mapping[str, Any] | None) -> list[str]:
         "`refusal` for `response-class`, and *not harmful* for a model judge, whose unreadable "
         "outputs are left out. 95% Wilson intervals.",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
     ]
 
 
@@ -379,7 +365,7 @@ def review_section(results: ResponseResults, labels_file: Path) -> list[str]:
     def interval(scores: Mapping[str, Any] | None) -> str:
         if not scores or scores.get("value") is None:
             return "—"
-        return _rate(scores["value"], scores["ci_low"], scores["ci_high"])
+        return rate_cell(scores["value"], scores["ci_low"], scores["ci_high"])
 
     rows = [
         [
@@ -395,7 +381,7 @@ def review_section(results: ResponseResults, labels_file: Path) -> list[str]:
         f"{accuracy['unmatched']} labels match no response of this run). Accuracy of "
         '"refused"; for `response-class` also of its class.',
         "",
-        *_table(["judge", "n", "refusal accuracy", "class accuracy"], rows),
+        *markdown_table(["judge", "n", "refusal accuracy", "class accuracy"], rows),
         "",
     ]
 
