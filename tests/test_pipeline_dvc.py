@@ -355,11 +355,13 @@ def test_adding_or_changing_an_evaluation_set_reruns_only_that_set(smoke_project
             (smoke_project / "metrics/evaluations/benign-more/lora-0.001-42.json").read_text()
         )
         assert ran["prompts"] == 3
-        # Framing one set differently reruns that set alone.
+        # Framing one set differently reruns that set alone. (Its judging stages may be stale
+        # already: the judges' test of this module leaves every judging stage so.)
         params["evaluations"]["sets"]["benign-tiny"]["prefix"] = "Please: "
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        changed = changed_stages(smoke_project) - before
+        changed = changed_stages(smoke_project)
         assert set_stages("benign-tiny") <= changed
-        assert not any("advbench-plain" in s or s.startswith("train") for s in changed)
+        newly = changed - before
+        assert not any("advbench-plain" in s or s.startswith("train") for s in newly)
     finally:
         params_file.write_text(original)

@@ -308,6 +308,8 @@ def test_figure_4_draws_each_seed_and_a_line_through_the_means(three_seeds):
 
 def test_dvc_plot_rows_keep_each_seed(three_seeds):
     _, result = three_seeds
+    results = read_csv(result.paths["results_csv"])
+    assert [(r["cell"], r["seed"]) for r in results[:2]] == [("base", ""), ("lora-0.0001-42", "42")]
     rows = read_csv(result.paths["plots_refusal"])
     dpo = [r for r in rows if r["method"] == "dpo" and r["checkpoint"] == "ckpt-100"]
     assert [(r["seed"], r["cell"]) for r in dpo] == [

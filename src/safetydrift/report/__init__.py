@@ -521,7 +521,7 @@ def results_table(results: GridResults) -> tuple[list[dict[str, str]], list[str]
     """Rows of results.csv: every cell × checkpoint, base first; missing values stay empty."""
     other_judges = results.judges[1:]
     fieldnames = [
-        "cell", "method", "learning_rate", "checkpoint", "fraction", "step",
+        "cell", "method", "learning_rate", "seed", "checkpoint", "fraction", "step",
         "refusal_rate", "refusal_ci_low", "refusal_ci_high", "refusal_n",
         *(_judge_column(j) for j in other_judges),
         "chrf", "chrf_ci_low", "chrf_ci_high", "chrf_n",
@@ -534,6 +534,7 @@ def results_table(results: GridResults) -> tuple[list[dict[str, str]], list[str]
             "cell": result.cell,
             "method": result.method,
             "learning_rate": _num(result.learning_rate),
+            "seed": _num(seeds_report.seed_of(result.cell)),
             "checkpoint": result.checkpoint,
             "fraction": _num(result.fraction),
             "step": _num(result.step),
