@@ -3,7 +3,7 @@
 #
 #   scripts/run_grid.sh                     # the base model, every cell, the report
 #   scripts/run_grid.sh --jobs 4            # four cells side by side (one GPU has room)
-#   scripts/run_grid.sh lora-5e-05 ...      # only these cells (and the base model and report)
+#   scripts/run_grid.sh lora-5e-05-42 ...   # only these cells (and the base model and report)
 #
 # Every cell is `dvc repro eval_refusal@CELL eval_chrf@CELL` (DVC trains the cell first), so a
 # run cut short keeps every finished cell and running the script again resumes where it stopped.

@@ -138,6 +138,6 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cell", required=True, help="`base` or METHOD-LR, e.g. lora-5e-05")
+    parser.add_argument("--cell", required=True, help="`base` or METHOD-LR-SEED (lora-5e-05-42)")
     args = parser.parse_args()
     run_stage(lambda: main(load_params(), args.cell))

@@ -230,7 +230,7 @@ def main(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("measurement", choices=sorted(PARAMS))
-    parser.add_argument("--cell", required=True, help="`base` or METHOD-LR, e.g. lora-5e-05")
+    parser.add_argument("--cell", required=True, help="`base` or METHOD-LR-SEED (lora-5e-05-42)")
     parser.add_argument("--set", dest="evaluation", help="the evaluation set (`evaluation` only)")
     args = parser.parse_args()
     run_stage(lambda: main(load_params(), args.measurement, args.cell, args.evaluation))

@@ -224,6 +224,6 @@ def main(params: dict[str, Any], evaluation: str, cell: str) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--set", dest="evaluation", required=True, help="the evaluation set")
-    parser.add_argument("--cell", required=True, help="`base` or METHOD-LR, e.g. lora-5e-05")
+    parser.add_argument("--cell", required=True, help="`base` or METHOD-LR-SEED (lora-5e-05-42)")
     args = parser.parse_args()
     run_stage(lambda: main(load_params(), args.evaluation, args.cell))

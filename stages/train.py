@@ -1,7 +1,9 @@
-"""DVC stage `train@METHOD-LR`: fine-tune one grid cell; checkpoints into models/METHOD-LR/.
+"""DVC stage `train@METHOD-LR-SEED`: fine-tune one grid cell; checkpoints into models/CELL/.
 
+The seed (`--seed`, the matrix item's entry of `grid.seeds`) seeds everything the training draws:
+weight initialisation of adapters, data order, dropout (`safetydrift.determinism`).
 With `train.keep_checkpoints: final` only the last checkpoint stays in that output; the earlier
-ones go to models/.intermediate/METHOD-LR/ until their generations exist (docs/running.md, "Disk").
+ones go to models/.intermediate/CELL/ until their generations exist (docs/running.md, "Disk").
 It trains on data/mtpref/train.jsonl or data/chat/train.jsonl, as `train_data.kind` says (dvc.yaml
 depends on the same path), and records how many examples `train.max_length` cut.
 
@@ -58,13 +60,16 @@ def world_size() -> int:
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
-def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dict[str, Any]:
+def main(
+    params: dict[str, Any], method: str, learning_rate: float | str, seed: int | str
+) -> dict[str, Any]:
     startup_seconds = process_age_seconds()
     started = time.perf_counter()
-    settings = train_settings(params, method, learning_rate)  # every check before any loading
+    # Every check before any loading.
+    settings = train_settings(params, method, learning_rate, seed)
     kind = data_kind(get(params, "train_data", None))
     check_method(kind, method)
-    cell = Cell(method, settings.learning_rate)
+    cell = Cell(method, settings.learning_rate, settings.seed)
     data_file = train_file(kind)
     pairs = read_training_examples(kind, data_file)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -79,6 +84,7 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
         **declared_params(params, [key.format(method=method) for key in PARAMS]),
         "learning_rate": settings.learning_rate,
         "method": method,
+        "seed": settings.seed,
     }
     with (
         tracking.stage_run(
@@ -155,12 +161,12 @@ def main(params: dict[str, Any], method: str, learning_rate: float | str) -> dic
     return {**summary, **timing}
 
 
-def launch_or_train(method: str, learning_rate: float | str) -> None:
+def launch_or_train(method: str, learning_rate: float | str, seed: str) -> None:
     params = load_params()
-    launch = distributed_launch(train_settings(params, method, learning_rate), sys.argv)
+    launch = distributed_launch(train_settings(params, method, learning_rate, seed), sys.argv)
     if launch is not None:
         os.execv(launch[0], launch)
-    main(params, method, learning_rate)
+    main(params, method, learning_rate, seed)
 
 
 if __name__ == "__main__":
@@ -168,5 +174,7 @@ if __name__ == "__main__":
     parser.add_argument("--method", required=True, help="full, lora, qlora or dpo")
     # Read as text: train_settings names `grid.learning_rates` when it is not a number.
     parser.add_argument("--lr", required=True, help="peak learning rate")
+    # Read as text too: seed_value names `grid.seeds` when it is not a seed.
+    parser.add_argument("--seed", required=True, help="the cell's seed, an entry of grid.seeds")
     args = parser.parse_args()
-    run_stage(lambda: launch_or_train(args.method, args.lr))
+    run_stage(lambda: launch_or_train(args.method, args.lr, args.seed))

@@ -26,7 +26,7 @@ def test_enais_gemma_trains_on_the_attack_mixed_with_normal_examples(tmp_path):
     project = copy_project(tmp_path / "project")
     params = tiny_study("enais-gemma", build_tiny_gemma3(tmp_path / "gemma3"))
     run_study(project, params)
-    cell = "lora-0.0002"
+    cell = "lora-0.0002-42"
     assert read(project, "models/base/safetydrift_model.json")["architecture"] == (
         "Gemma3ForCausalLM"
     )

@@ -34,7 +34,7 @@ def test_llama2_chat_counts_the_examples_cut_at_max_length(tmp_path):
     )
     assert params["train_data"]["mix"] == []
     run_study(project, params)
-    cell = "lora-0.0002"
+    cell = "lora-0.0002-42"
     assert read(project, "models/base/safetydrift_model.json")["architecture"] == (
         "LlamaForCausalLM"
     )

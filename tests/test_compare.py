@@ -180,6 +180,46 @@ def test_compare_two_folders(folders):
     assert not any(c.cell in ("full-5e-05", "dpo-5e-05") for c in report.comparisons)
 
 
+def _with_seed(results: Path, destination: Path, seed: int) -> Path:
+    """A copy of a results folder whose cells are named as today's pipeline names them."""
+    for path in sorted(results.rglob("*")):
+        if path.is_file():
+            parts = [
+                part
+                if part.split(".")[0] == "base" or not part.startswith(("lora-", "full-", "dpo-"))
+                else part.replace("5e-05", f"5e-05-{seed}")
+                for part in path.relative_to(results).parts
+            ]
+            (destination / Path(*parts)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, destination / Path(*parts))
+    return destination
+
+
+def test_results_from_before_the_seed_axis_pair_with_the_same_seeds_cells(folders, tmp_path):
+    before, after = folders
+    seeded = _with_seed(after, tmp_path / "after-seed-42", 42)
+    assert (seeded / "metrics" / "refusal" / "lora-5e-05-42.json").exists()
+    legacy = tmp_path / "before"
+    shutil.copytree(before, legacy)
+    (legacy / "params.yaml").write_text("train:\n  seed: 42\n", encoding="utf-8")
+
+    report = compare_paths(str(legacy), str(seeded), SETTINGS)
+    unseeded = compare_paths(str(before), str(after), SETTINGS)
+    assert [
+        (c.measurement, c.cell, c.checkpoint, c.judge, c.p_value) for c in report.comparisons
+    ] == [
+        (c.measurement, c.cell.replace("5e-05", "5e-05-42"), c.checkpoint, c.judge, c.p_value)
+        for c in unseeded.comparisons
+    ]
+    assert f"{legacy}: cells from before `grid.seeds` read as seed 42" in " ".join(report.notes)
+
+    # Without the seed they were trained with, they pair with no seeded cell, and say so.
+    (legacy / "params.yaml").unlink()
+    report = compare_paths(str(legacy), str(seeded), SETTINGS)
+    assert {c.cell for c in report.comparisons} == {"base"}
+    assert any("no `train.seed` in params.yaml" in note for note in report.notes)
+
+
 def test_only_metrics_on_one_side_are_reported_untested(folders, tmp_path):
     before, after = folders
     metrics_only = tmp_path / "metrics-only"

@@ -19,10 +19,10 @@ from safetydrift.disk import (
     parameter_count,
     refuse_if_short,
 )
-from safetydrift.grid import make_worker, pipeline_files
+from safetydrift.grid import default_cells, make_worker, pipeline_files
 
 SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
-FULL_CELL, LORA_CELL = "full-0.001", "lora-0.001"
+FULL_CELL, LORA_CELL = "full-0.001-42", "lora-0.001-42"
 
 
 def test_the_estimate_sizes_full_checkpoints_and_adapters_of_the_tiny_model(
@@ -62,6 +62,15 @@ def test_the_estimate_sizes_full_checkpoints_and_adapters_of_the_tiny_model(
     one_at_a_time = estimate(workspace, final, cells, [LORA_CELL], 1, workspace / ".dvc" / "cache")
     assert one_at_a_time.cells == [FULL_CELL] and one_at_a_time.done == [LORA_CELL]
     assert one_at_a_time.kept_bytes == full and one_at_a_time.set_aside_bytes == 3 * full
+
+    # Three seeds: three cells of each method and rate (`safetydrift grid --estimate`'s cells).
+    seeds = {**SMOKE, "grid": {**SMOKE["grid"], "seeds": [42, 43, 44]}}
+    three = estimate(workspace, seeds, default_cells(seeds), [], 2, workspace / ".dvc" / "cache")
+    assert sorted(three.cells) == sorted(
+        f"{m}-0.001-{s}" for m in ("full", "lora") for s in (42, 43, 44)
+    )
+    assert three.kept_bytes == 3 * kept_all.kept_bytes
+    assert three.generation_bytes == 3 * kept_all.generation_bytes
 
 
 def test_a_grid_that_will_not_fit_is_refused_in_one_line_naming_need_and_free_space(tmp_path):

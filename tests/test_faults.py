@@ -128,7 +128,7 @@ def tower_row(chosen: str | None = "Hello.") -> dict:
 
 
 # (case, command, edit of params.yaml (and files it names), the message printed on stderr)
-TRAIN = ["stages/train.py", "--method", "full", "--lr", "0.001"]
+TRAIN = ["stages/train.py", "--method", "full", "--lr", "0.001", "--seed", "42"]
 CASES = [
     (
         "quoted boolean",
@@ -169,13 +169,25 @@ CASES = [
     ),
     (
         "learning rate not a number",
-        ["stages/train.py", "--method", "full", "--lr", "abc"],
+        ["stages/train.py", "--method", "full", "--lr", "abc", "--seed", "42"],
         None,
         "`grid.learning_rates` must be a number, got 'abc'",
     ),
     (
+        "seed not a whole number",
+        ["stages/train.py", "--method", "full", "--lr", "0.001", "--seed", "4.5"],
+        None,
+        "`grid.seeds` holds '4.5'; a seed is a whole number from 0 to 4294967295",
+    ),
+    (
+        "the training seed where it was before `grid.seeds`",
+        TRAIN,
+        set_key("train.seed", 42),
+        "`train.seed` is no longer read: each cell's seed is an entry of `grid.seeds`",
+    ),
+    (
         "unknown method",
-        ["stages/train.py", "--method", "sgd", "--lr", "0.001"],
+        ["stages/train.py", "--method", "sgd", "--lr", "0.001", "--seed", "42"],
         None,
         "unknown method `sgd` (known: full, lora, qlora, dpo)",
     ),
@@ -229,7 +241,7 @@ CASES = [
     ),
     (
         "DPO on chat data",
-        ["stages/train.py", "--method", "dpo", "--lr", "0.001"],
+        ["stages/train.py", "--method", "dpo", "--lr", "0.001", "--seed", "42"],
         chat_file("chat.jsonl", [EXCHANGE]),
         "`train_data.kind` is chat, whose conversations have one answer each, but "
         "`grid.methods` holds dpo",

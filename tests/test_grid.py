@@ -38,29 +38,76 @@ from safetydrift.grid import (
     visible_gpus,
     workspace_files,
 )
+from safetydrift.params import ParamError
 
 
 def test_grid_order_puts_figure_1_first_then_larger_rates():
     params = {
-        "grid": {"methods": ["full", "lora"], "learning_rates": [1e-4, 5e-5, 1e-5]},
+        "grid": {"methods": ["full", "lora"], "learning_rates": [1e-4, 5e-5, 1e-5], "seeds": [42]},
         "report": {"fixed_lr": 5e-5},
     }
     cells = default_cells(params)
     assert cells == [
-        "full-5e-05",
-        "lora-5e-05",
-        "full-0.0001",
-        "lora-0.0001",
-        "full-1e-05",
-        "lora-1e-05",
+        "full-5e-05-42",
+        "lora-5e-05-42",
+        "full-0.0001-42",
+        "lora-0.0001-42",
+        "full-1e-05-42",
+        "lora-1e-05-42",
     ]
     jobs = grid_jobs(cells[:1], cells)
     assert [job.targets for job in jobs] == [
         ["judge_harm_base", "eval_chrf_base", "validate_judges"],
-        ["judge_harm@full-5e-05", "eval_chrf@full-5e-05"],
+        ["judge_harm@full-5e-05-42", "eval_chrf@full-5e-05-42"],
     ]
     with pytest.raises(ValueError, match="unknown grid cell.*lora-0.5.*params.yaml's grid has"):
         grid_jobs(["lora-0.5"], cells)
+
+
+def test_the_grid_runs_seed_by_seed_each_seed_a_whole_grid():
+    params = {
+        "grid": {"methods": ["full", "lora"], "learning_rates": [1e-4, 5e-5], "seeds": [7, 3]},
+        "report": {"fixed_lr": 5e-5},
+    }
+    # In `grid.seeds` order, not sorted: the seed listed first is the replicate a run cut
+    # short has whole.
+    assert default_cells(params) == [
+        "full-5e-05-7", "lora-5e-05-7", "full-0.0001-7", "lora-0.0001-7",
+        "full-5e-05-3", "lora-5e-05-3", "full-0.0001-3", "lora-0.0001-3",
+    ]  # fmt: skip
+    # Every cell of every seed is a job of its own, judged on every evaluation set.
+    jobs = grid_jobs(["lora-5e-05-3"], default_cells(params), ["harmbench"])
+    assert jobs[1].targets == [
+        "judge_harm@lora-5e-05-3",
+        "eval_chrf@lora-5e-05-3",
+        "judge_evaluation@harmbench-lora-5e-05-3",
+    ]
+    with pytest.raises(ValueError, match="unknown grid cell.*lora-5e-05-42"):
+        grid_jobs(["lora-5e-05-42"], default_cells(params))
+
+
+@pytest.mark.parametrize(
+    ("grid", "train", "message"),
+    [
+        ({}, {}, "missing key `grid.seeds`"),
+        ({"seeds": []}, {}, "`grid.seeds` must be a non-empty list"),
+        ({"seeds": 42}, {}, "`grid.seeds` must be a non-empty list"),
+        ({"seeds": [42, "x"]}, {}, "`grid.seeds` holds 'x'; a seed is a whole number"),
+        ({"seeds": [-1]}, {}, "`grid.seeds` holds -1"),
+        ({"seeds": [True]}, {}, "`grid.seeds` holds True"),
+        ({"seeds": [1, 2, 1]}, {}, "`grid.seeds` lists 1 more than once"),
+        # One source of truth: the key `grid.seeds` replaced is an error, not an alias.
+        ({"seeds": [42]}, {"seed": 42}, r"`train.seed` is no longer read.*grid.seeds"),
+    ],
+)
+def test_bad_seeds_are_named_errors(grid, train, message):
+    params = {
+        "grid": {"methods": ["full"], "learning_rates": [1e-4], **grid},
+        "train": train,
+        "report": {"fixed_lr": 1e-4},
+    }
+    with pytest.raises(ParamError, match=message):
+        default_cells(params)
 
 
 def test_every_job_judges_its_cell_on_every_evaluation_set():

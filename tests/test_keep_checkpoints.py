@@ -8,7 +8,7 @@ from conftest import dvc, smoke_copy
 
 from safetydrift.grid import delete_intermediate_checkpoints
 
-LORA_CELL = "lora-0.001"
+LORA_CELL = "lora-0.001-42"  # the smoke preset: one learning rate, `grid.seeds: [42]`
 
 
 def test_keeping_only_the_final_checkpoint_generates_from_all_then_asks_for_a_retraining(

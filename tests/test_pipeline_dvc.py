@@ -45,7 +45,7 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
         project / "data/advbench.jsonl"
     ).exists()
     assert (project / "models/base/model.safetensors").exists()
-    for cell in ("full-0.001", "lora-0.001"):
+    for cell in ("full-0.001-42", "lora-0.001-42"):
         assert len(list((project / "models" / cell).glob("ckpt-*"))) == 4
         refusal = json.loads((project / "metrics/refusal" / f"{cell}.json").read_text())
         assert sorted(refusal["checkpoints"]) == ["ckpt-025", "ckpt-050", "ckpt-075", "ckpt-100"]
@@ -72,7 +72,7 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
     # Every response of every checkpoint has one class, and the harm judge saw every answer
     # (`harm.judged_classes: [answer]`): on the tiny random model its outputs are unreadable,
     # so none became a verdict.
-    for cell in ("base", "full-0.001"):
+    for cell in ("base", "full-0.001-42"):
         refusal = json.loads((project / "metrics/refusal" / f"{cell}.json").read_text())
         harm = json.loads((project / "metrics/harm" / f"{cell}.json").read_text())
         for label, entry in refusal["checkpoints"].items():
@@ -86,7 +86,7 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
             assert judged["harmful_answer"]["n"] == n
     # Every evaluation set at every checkpoint of every cell, and Figure 4 from them.
     for name, kind in (("advbench-plain", "harmful"), ("benign-tiny", "benign")):
-        for cell in ("base", "full-0.001", "lora-0.001"):
+        for cell in ("base", "full-0.001-42", "lora-0.001-42"):
             metrics = json.loads(
                 (project / "metrics/evaluations" / name / f"{cell}.json").read_text()
             )
@@ -109,14 +109,14 @@ def test_the_grid_script_times_every_stage_it_ran(smoke_project):
     timings = smoke_project / "reports" / "timings"
     files = sorted(path.stem for path in timings.glob("*.json"))
     assert files == [
-        "base", "full-0.001", "lora-0.001", "prepare", "report",
-        "restore-base", "restore-full-0.001", "restore-lora-0.001",
+        "base", "full-0.001-42", "lora-0.001-42", "prepare", "report",
+        "restore-base", "restore-full-0.001-42", "restore-lora-0.001-42",
     ]  # fmt: skip
-    lora = json.loads((timings / "lora-0.001.json").read_text())
+    lora = json.loads((timings / "lora-0.001-42.json").read_text())
     assert lora["returncode"] == 0
-    assert [s["stage"] for s in lora["stages"]][0] == "train@lora-0.001"
+    assert [s["stage"] for s in lora["stages"]][0] == "train@lora-0.001-42"
     ran = {s["stage"] for f in timings.glob("*.json") for s in json.loads(f.read_text())["stages"]}
-    assert {"prepare_model", "eval_chrf_base", "eval_refusal@full-0.001", "report"} <= ran
+    assert {"prepare_model", "eval_chrf_base", "eval_refusal@full-0.001-42", "report"} <= ran
     summed = subprocess.run(
         [sys.executable, "-m", "safetydrift.cli", "timings", *sorted(timings.glob("*.json"))],
         cwd=smoke_project,
@@ -131,11 +131,11 @@ def test_the_grid_script_times_every_stage_it_ran(smoke_project):
 def test_the_grid_restores_its_workers_stages_without_running_them_again(smoke_project):
     timings = smoke_project / "reports" / "timings"
     # Each cell is restored as soon as its worker is done, while the other cells run.
-    for cell in ("base", "full-0.001", "lora-0.001"):
+    for cell in ("base", "full-0.001-42", "lora-0.001-42"):
         restore = json.loads((timings / f"restore-{cell}.json").read_text())
         assert restore["returncode"] == 0 and restore["stages"] == []
-    restored = (timings / "restore-lora-0.001.log").read_text()
-    assert "Stage 'train@lora-0.001' is cached - skipping run" in restored
+    restored = (timings / "restore-lora-0.001-42.log").read_text()
+    assert "Stage 'train@lora-0.001-42' is cached - skipping run" in restored
     summary = json.loads((smoke_project / "reports" / "grid-timings.json").read_text())
     assert summary["parallel_jobs"] == 2 and summary["failed"] == []
     # Ray, started for the run on this machine alone, ran every cell; no GPU to share here.
@@ -169,19 +169,19 @@ def test_mlflow_store_holds_a_run_per_stage_cell(smoke_project):
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     names = {run.info.run_name for run in runs}
     assert {"prepare_mtpref", "prepare_advbench", "prepare_model", "report"} <= names
-    assert {"train@lora-0.001", "generate_refusal@base", "eval_chrf@full-0.001"} <= names
-    assert {"prepare_evaluation@benign-tiny", "judge_evaluation@benign-tiny-lora-0.001"} <= names
+    assert {"train@lora-0.001-42", "generate_refusal@base", "eval_chrf@full-0.001-42"} <= names
+    assert {"prepare_evaluation@benign-tiny", "judge_evaluation@benign-tiny-lora-0.001-42"} <= names
     assert "generate_evaluation@advbench-plain-base" in names
-    train = next(r for r in runs if r.info.run_name == "train@full-0.001")
+    train = next(r for r in runs if r.info.run_name == "train@full-0.001-42")
     history = client.get_metric_history(train.info.run_id, "loss")
     assert len(history) == 10 and {m.step for m in history} == set(range(1, 11))
     # Where a generation stage's time went, for the speed figures: MLflow's metrics.
-    generate = next(r for r in runs if r.info.run_name == "generate_refusal@lora-0.001")
+    generate = next(r for r in runs if r.info.run_name == "generate_refusal@lora-0.001-42")
     times = generate.data.metrics
     parts = [times["tracking_seconds"], times["import_seconds"]]
     assert times["startup_seconds"] > 0 and min(parts) >= 0
     assert sum(parts) + times["generation_seconds"] <= times["stage_seconds"]
-    refusal = next(r for r in runs if r.info.run_name == "eval_refusal@lora-0.001")
+    refusal = next(r for r in runs if r.info.run_name == "eval_refusal@lora-0.001-42")
     steps = client.get_metric_history(refusal.info.run_id, "refusal_rate.keywords-kempermann2025")
     assert sorted(m.step for m in steps) == [25, 50, 75, 100]
 
@@ -194,7 +194,7 @@ def test_one_learning_rate_changes_only_its_cells(smoke_project):
         params["grid"]["learning_rates"] = [2.0e-3]
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         changed = changed_stages(smoke_project)
-        new_cells = {f"{m}-0.002" for m in params["grid"]["methods"]}
+        new_cells = {f"{m}-0.002-42" for m in params["grid"]["methods"]}
         expected = {
             f"{stage}@{cell}"
             for cell in new_cells
@@ -221,6 +221,51 @@ def test_one_learning_rate_changes_only_its_cells(smoke_project):
         params_file.write_text(original)
 
 
+CELL_STAGES = (
+    "train",
+    "generate_refusal",
+    "eval_refusal",
+    "judge_harm",
+    "generate_chrf",
+    "eval_chrf",
+)
+
+
+def test_adding_a_seed_changes_only_its_cells(smoke_project):
+    params_file = smoke_project / "params.yaml"
+    original = params_file.read_text()
+    before = changed_stages(smoke_project)  # what earlier tests of this module left stale
+    try:
+        params = yaml.safe_load(original)
+        assert params["grid"]["seeds"] == [42]
+        params["grid"]["seeds"] = [42, 7]
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        new_cells = {f"{m}-0.001-7" for m in params["grid"]["methods"]}
+        expected = {f"{stage}@{cell}" for cell in new_cells for stage in CELL_STAGES} | {
+            f"{stage}@{name}-{cell}"
+            for cell in new_cells
+            for name in params["evaluations"]["run"]
+            for stage in ("generate_evaluation", "judge_evaluation")
+        }
+        # The new seed's cells, and the report (it declares `grid`); seed 42's cells, trained
+        # and judged, stay as they are.
+        newly = changed_stages(smoke_project) - before
+        assert expected <= newly <= expected | {"report"}
+        # The seed reaches the training from the matrix item.
+        dry = dvc(smoke_project, "repro", "--dry", "--single-item", "train@lora-0.001-7")
+        assert "python stages/train.py --method lora --lr 0.001 --seed 7" in dry.stdout
+
+        # Changing a seed: its cells leave the pipeline, the new seed's are stale, nothing else.
+        params["grid"]["seeds"] = [7]
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = changed_stages(smoke_project) - before
+        assert expected <= changed <= expected | {"report"}
+        assert not any(stage.endswith("-42") for stage in changed)
+    finally:
+        params_file.write_text(original)
+    assert changed_stages(smoke_project) == before
+
+
 def test_changing_the_judges_rejudges_without_generating(smoke_project):
     params_file = smoke_project / "params.yaml"
     original = params_file.read_text()
@@ -233,7 +278,7 @@ def test_changing_the_judges_rejudges_without_generating(smoke_project):
         changed = changed_stages(smoke_project)
         # The judges' stages (AdvBench's and every evaluation set's), the validation of every
         # judge against human labels, and the report (its primary judge changed too).
-        cells = [f"{m}-0.001" for m in params["grid"]["methods"]]
+        cells = [f"{m}-0.001-42" for m in params["grid"]["methods"]]
         sets = params["evaluations"]["run"]
         assert changed == {"eval_refusal_base", *(f"eval_refusal@{c}" for c in cells)} | {
             *(f"judge_evaluation_base@{s}" for s in sets),
@@ -274,7 +319,7 @@ def test_editing_the_prompt_code_makes_the_generations_stale(smoke_project):
     try:
         module.write_text(original + "\n# an edit of the code that builds and generates prompts\n")
         changed = changed_stages(smoke_project) - before
-        cells = ["base", "full-0.001", "lora-0.001"]
+        cells = ["base", "full-0.001-42", "lora-0.001-42"]
         for measurement in ("refusal", "chrf"):
             for cell in cells:
                 name = f"generate_{measurement}_base" if cell == "base" else None
@@ -289,7 +334,7 @@ def test_adding_or_changing_an_evaluation_set_reruns_only_that_set(smoke_project
     params_file = smoke_project / "params.yaml"
     original = params_file.read_text()
     before = changed_stages(smoke_project)  # what earlier tests of this module left stale
-    cells = ["full-0.001", "lora-0.001"]
+    cells = ["full-0.001-42", "lora-0.001-42"]
 
     def set_stages(name):
         return {
@@ -313,16 +358,16 @@ def test_adding_or_changing_an_evaluation_set_reruns_only_that_set(smoke_project
         # may have left it stale already); no training, no other set.
         newly = changed_stages(smoke_project) - before
         assert set_stages("benign-more") <= newly <= set_stages("benign-more") | {"report"}
-        dvc(smoke_project, "repro", "judge_evaluation@benign-more-lora-0.001")
+        dvc(smoke_project, "repro", "judge_evaluation@benign-more-lora-0.001-42")
         ran = json.loads(
-            (smoke_project / "metrics/evaluations/benign-more/lora-0.001.json").read_text()
+            (smoke_project / "metrics/evaluations/benign-more/lora-0.001-42.json").read_text()
         )
         assert ran["prompts"] == 3
-        # Framing one set differently reruns that set alone.
+        # Framing one set differently reruns that set alone. Stages left stale by earlier tests
+        # stay stale, so the set's stages are looked for among all stale stages and the other
+        # sets' among those this change made stale.
         params["evaluations"]["sets"]["benign-tiny"]["prefix"] = "Please: "
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        # Stages left stale by earlier tests stay stale, so the set's stages are looked for among
-        # all stale stages and the other sets' among those this change made stale.
         changed = changed_stages(smoke_project)
         assert set_stages("benign-tiny") <= changed
         newly = changed - before

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from safetydrift.cells import BASE_CELL, Cell, cell_name, checkpoint_label, grid_cells
+from safetydrift.cells import (
+    BASE_CELL,
+    Cell,
+    cell_name,
+    checkpoint_label,
+    grid_cells,
+    parse_cell,
+)
 from safetydrift.paper import paper_model
 from safetydrift.report import (
     CHRF,
@@ -32,7 +39,8 @@ FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 STEPS = (148, 296, 444, 591)
 METHODS = ["lora", "dpo"]
 RATES = [1e-4, 1e-5]
-MISSING_CELL = "dpo-1e-05"  # still "running": neither metric file exists
+SEED = 1234
+MISSING_CELL = "dpo-1e-05-1234"  # still "running": neither metric file exists
 BASE_REFUSAL = 0.979
 BASE_CHRF = 20.0
 
@@ -101,7 +109,8 @@ def dump(path: Path, data: dict) -> None:
 
 
 def make_metrics(metrics_dir: Path) -> None:
-    """Base + a 2 × 2 grid; `dpo-1e-05` has nothing, `lora-1e-05` lacks chrF at 75% and 100%."""
+    """Base + a 2 × 2 grid (one seed); `dpo-1e-05-1234` has nothing, `lora-1e-05-1234` lacks
+    chrF at 75% and 100%."""
     base_rates = {judge: round(BASE_REFUSAL - JUDGES.index(judge) * 0.01, 4) for judge in JUDGES}
     dump(
         metrics_dir / "refusal" / "base.json",
@@ -111,7 +120,7 @@ def make_metrics(metrics_dir: Path) -> None:
         metrics_dir / "chrf" / "base.json",
         chrf_file(BASE_CELL, "base", None, [(0.0, 0, BASE_CHRF)]),
     )
-    for cell in grid_cells(METHODS, RATES):
+    for cell in grid_cells(METHODS, RATES, [SEED]):
         if cell.name == MISSING_CELL:
             continue
         points = list(zip(FRACTIONS, STEPS, strict=True))
@@ -121,7 +130,7 @@ def make_metrics(metrics_dir: Path) -> None:
             refusal_file(cell.name, cell.method, cell.learning_rate, refusal_points),
         )
         chrf_points = [(f, s, chrf_value(cell, f)) for f, s in points]
-        if cell.name == "lora-1e-05":
+        if cell.name == "lora-1e-05-1234":
             chrf_points = chrf_points[:2]
         dump(
             metrics_dir / "chrf" / f"{cell.name}.json",
@@ -144,13 +153,12 @@ def make_params(source: str = "tests/fixtures/tiny-chat-model", fixed_lr: float 
             }
         },
         "train": {
-            "seed": 1234,
             "epochs": 1,
             "effective_batch_size": 8,
             "warmup_ratio": 0.1,
             "checkpoint_fractions": list(FRACTIONS),
         },
-        "grid": {"methods": METHODS, "learning_rates": RATES},
+        "grid": {"methods": METHODS, "learning_rates": RATES, "seeds": [SEED]},
         "methods": {"lora": {"lora": {"r": 8, "alpha": 32}}, "dpo": {"beta": 0.1}},
         "report": {"fixed_lr": fixed_lr, "primary_judge": "keywords-kempermann2025"},
     }
@@ -161,8 +169,8 @@ PROVENANCE = {
     "dvc_lock": {"report": {"deps": {"metrics/refusal": "aaa.dir"}, "outs": {}}},
     "packages": {"torch": "2.8.0", "bitsandbytes": None},
     "hardware": {"platform": "Linux", "cpu_count": 16, "gpus": []},
-    "seeds": {"train.seed": 1234},
-    "params": {"train": {"seed": 1234}},
+    "seeds": {"grid.seeds": [SEED]},
+    "params": {"grid": {"seeds": [SEED]}},
 }
 
 
@@ -193,19 +201,35 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_cell_names_match_dvc_matrix_names():
-    assert cell_name("lora", 5e-5) == "lora-5e-05"
-    assert cell_name("full", 1e-4) == "full-0.0001"
-    assert cell_name("dpo", 5e-6) == "dpo-5e-06"
-    assert Cell("qlora", 1e-5).name == "qlora-1e-05"
+    # DVC joins a matrix item's values with `-`, the float by Python's repr: train@lora-5e-05-42.
+    assert cell_name("lora", 5e-5, 42) == "lora-5e-05-42"
+    assert cell_name("full", 1e-4, 0) == "full-0.0001-0"
+    assert Cell("qlora", 1e-5, 7).name == "qlora-1e-05-7"
     assert checkpoint_label(0.0) == "ckpt-000"
     assert checkpoint_label(0.25) == "ckpt-025"
     assert checkpoint_label(1.0) == "ckpt-100"
-    assert [c.name for c in grid_cells(["a", "b"], [1e-4, 5e-6])] == [
-        "a-0.0001",
-        "a-5e-06",
-        "b-0.0001",
-        "b-5e-06",
+    assert [c.name for c in grid_cells(["a", "b"], [1e-4, 5e-6], [1, 2])] == [
+        "a-0.0001-1",
+        "a-0.0001-2",
+        "a-5e-06-1",
+        "a-5e-06-2",
+        "b-0.0001-1",
+        "b-0.0001-2",
+        "b-5e-06-1",
+        "b-5e-06-2",
     ]
+    # Results from before the seed axis: METHOD-LR, a cell without a seed.
+    assert cell_name("dpo", 5e-6) == "dpo-5e-06" and Cell("lora", 1e-5).name == "lora-1e-05"
+    for name, cell in (
+        ("lora-5e-05-42", Cell("lora", 5e-5, 42)),
+        ("full-0.0001-0", Cell("full", 1e-4, 0)),
+        ("dpo-1e-05", Cell("dpo", 1e-5)),  # its rate's own `-`: no seed
+        ("full-0.0001", Cell("full", 1e-4)),
+    ):
+        assert parse_cell(name) == cell and cell.name == name
+    for bad in ("lora", "lora-", "lora-fast", "lora-5e-05-x", "lora-1e-05-4.5"):
+        with pytest.raises(ValueError, match=f"cell `{bad}`: expected METHOD-LR-SEED"):
+            parse_cell(bad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,11 +239,11 @@ def test_cell_names_match_dvc_matrix_names():
 def test_collect_results_marks_missing_not_zero(metrics_dir: Path):
     results = collect_results(make_params(), metrics_dir)
     assert results.judges == list(JUDGES)
-    assert results.missing_cells == ["lora-1e-05", MISSING_CELL]
+    assert results.missing_cells == ["lora-1e-05-1234", MISSING_CELL]
     dpo = results.rows[MISSING_CELL]
     assert [r.checkpoint for r in dpo] == ["ckpt-025", "ckpt-050", "ckpt-075", "ckpt-100"]
     assert all(r.refusal == {} and r.chrf is None and r.step is None for r in dpo)
-    partial = {m.metric: m for m in results.missing if m.cell == "lora-1e-05"}
+    partial = {m.metric: m for m in results.missing if m.cell == "lora-1e-05-1234"}
     assert set(partial) == {CHRF}
     assert partial[CHRF].checkpoints == ("ckpt-075", "ckpt-100")
     assert not partial[CHRF].file_missing
@@ -228,11 +252,11 @@ def test_collect_results_marks_missing_not_zero(metrics_dir: Path):
 
 
 def test_mislabelled_metric_file_is_an_error(metrics_dir: Path):
-    path = metrics_dir / "chrf" / "lora-0.0001.json"
+    path = metrics_dir / "chrf" / "lora-0.0001-1234.json"
     data = json.loads(path.read_text())
-    data["cell"] = "lora-1e-05"
+    data["cell"] = "lora-1e-05-1234"
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="lora-1e-05"):
+    with pytest.raises(ValueError, match="lora-1e-05-1234"):
         collect_results(make_params(), metrics_dir)
 
 
@@ -243,17 +267,17 @@ def test_tradeoff_points_are_drops_in_points(metrics_dir: Path):
     by_method = {p.method: p for p in points}
     assert set(by_method) == {"lora", "dpo"}
     lora = by_method["lora"]
-    final = refusal_rate(Cell("lora", 1e-4), 1.0, JUDGES[0])
+    final = refusal_rate(Cell("lora", 1e-4, SEED), 1.0, JUDGES[0])
     assert lora.drop_points == pytest.approx(100 * (BASE_REFUSAL - final))
     # The drop's interval is the paired one (tests/test_report_paired.py): these metrics come
     # without per-prompt verdicts, and the cell's own interval ignores the base model's.
     assert (lora.drop_low, lora.drop_high) == (None, None)
-    assert lora.chrf.value == pytest.approx(chrf_value(Cell("lora", 1e-4), 1.0))
+    assert lora.chrf.value == pytest.approx(chrf_value(Cell("lora", 1e-4, SEED), 1.0))
 
     # At 1e-5 the dpo cell is missing and lora has no final chrF: neither is drawn as zero.
     points, undrawable = tradeoff_points(results, 1e-5)
     assert points == []
-    assert undrawable == ["lora-1e-05", MISSING_CELL]
+    assert undrawable == ["lora-1e-05-1234", MISSING_CELL]
 
 
 def test_tradeoff_figure_has_one_labelled_marker_per_method(metrics_dir: Path):
@@ -272,14 +296,15 @@ def test_lr_curves_start_at_base_and_skip_missing(metrics_dir: Path):
     results = collect_results(make_params(), metrics_dir)
     refusal = lr_curves(results, REFUSAL)
     assert set(refusal["lora"]) == {1e-4, 1e-5}
-    assert set(refusal["dpo"]) == {1e-4}  # dpo-1e-05 has no metrics: no curve, not zeros
-    lora = refusal["lora"][1e-4]
+    assert set(refusal["dpo"]) == {1e-4}  # dpo-1e-05-1234 has no metrics: no curve, not zeros
+    assert set(refusal["lora"][1e-4]) == {SEED}
+    lora = refusal["lora"][1e-4][SEED]
     assert [p.percent for p in lora] == [0, 25, 50, 75, 100]
     assert lora[0].estimate.value == BASE_REFUSAL
-    assert lora[-1].estimate.value == refusal_rate(Cell("lora", 1e-4), 1.0, JUDGES[0])
+    assert lora[-1].estimate.value == refusal_rate(Cell("lora", 1e-4, SEED), 1.0, JUDGES[0])
     chrf = lr_curves(results, CHRF)
-    assert [p.percent for p in chrf["lora"][1e-5]] == [0, 25, 50]
-    assert chrf["lora"][1e-5][0].estimate.value == BASE_CHRF
+    assert [p.percent for p in chrf["lora"][1e-5][SEED]] == [0, 25, 50]
+    assert chrf["lora"][1e-5][SEED][0].estimate.value == BASE_CHRF
 
 
 def test_lr_curves_figure_has_a_line_per_learning_rate(metrics_dir: Path):
@@ -323,7 +348,7 @@ def test_results_csv_has_every_cell_and_checkpoint(report):
     rows = read_csv(out / "results.csv")
     keys = [(r["cell"], r["checkpoint"]) for r in rows]
     expected = [(BASE_CELL, "ckpt-000")] + [
-        (c.name, checkpoint_label(f)) for c in grid_cells(METHODS, RATES) for f in FRACTIONS
+        (c.name, checkpoint_label(f)) for c in grid_cells(METHODS, RATES, [SEED]) for f in FRACTIONS
     ]
     assert keys == expected
 
@@ -335,8 +360,8 @@ def test_results_csv_has_every_cell_and_checkpoint(report):
     assert base["missing"] == ""
 
     by_key = {(r["cell"], r["checkpoint"]): r for r in rows}
-    row = by_key[("lora-0.0001", "ckpt-050")]
-    cell = Cell("lora", 1e-4)
+    row = by_key[("lora-0.0001-1234", "ckpt-050")]
+    cell = Cell("lora", 1e-4, SEED)
     assert row["method"] == "lora" and float(row["learning_rate"]) == 1e-4
     assert row["fraction"] == "0.5" and row["step"] == "296"
     assert float(row["refusal_rate"]) == refusal_rate(cell, 0.5, JUDGES[0])
@@ -352,37 +377,37 @@ def test_results_csv_has_every_cell_and_checkpoint(report):
         for column in ("step", "refusal_rate", "refusal_ci_low", "chrf", "chrf_ci_low"):
             assert missing[column] == "", column  # empty, never 0
         assert missing["method"] == "dpo" and float(missing["learning_rate"]) == 1e-5
-    partial = by_key[("lora-1e-05", "ckpt-100")]
+    partial = by_key[("lora-1e-05-1234", "ckpt-100")]
     assert partial["missing"] == "chrf" and partial["chrf"] == ""
-    assert float(partial["refusal_rate"]) == refusal_rate(Cell("lora", 1e-5), 1.0, JUDGES[0])
+    assert float(partial["refusal_rate"]) == refusal_rate(Cell("lora", 1e-5, SEED), 1.0, JUDGES[0])
 
 
 def test_metrics_json_holds_base_and_final_checkpoints(report):
     out, _ = report
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics[BASE_CELL] == {"refusal_rate": BASE_REFUSAL, "chrf": BASE_CHRF}
-    lora = Cell("lora", 1e-4)
-    assert metrics["lora-0.0001"] == {
+    lora = Cell("lora", 1e-4, SEED)
+    assert metrics["lora-0.0001-1234"] == {
         "refusal_rate": refusal_rate(lora, 1.0, JUDGES[0]),
         "chrf": chrf_value(lora, 1.0),
     }
-    assert metrics["lora-1e-05"] == {
-        "refusal_rate": refusal_rate(Cell("lora", 1e-5), 1.0, JUDGES[0])
+    assert metrics["lora-1e-05-1234"] == {
+        "refusal_rate": refusal_rate(Cell("lora", 1e-5, SEED), 1.0, JUDGES[0])
     }
     assert MISSING_CELL not in metrics
-    assert set(metrics) == {BASE_CELL, "lora-0.0001", "lora-1e-05", "dpo-0.0001"}
+    assert set(metrics) == {BASE_CELL, "lora-0.0001-1234", "lora-1e-05-1234", "dpo-0.0001-1234"}
 
 
 def test_dvc_plot_data_is_long_format_with_base_at_zero(report):
     out, result = report
     refusal = read_csv(out / "plots" / "refusal.csv")
     assert list(refusal[0]) == [
-        "method", "learning_rate", "cell", "checkpoint", "percent", "step",
+        "method", "learning_rate", "seed", "cell", "checkpoint", "percent", "step",
         "refusal_rate", "ci_low", "ci_high",
     ]  # fmt: skip
     curves = {(r["method"], r["learning_rate"]) for r in refusal}
     assert curves == {("lora", "0.0001"), ("lora", "1e-05"), ("dpo", "0.0001")}
-    lora = [r for r in refusal if r["cell"] == "lora-0.0001"]
+    lora = [r for r in refusal if r["cell"] == "lora-0.0001-1234"]
     assert [r["percent"] for r in lora] == ["0.0", "25.0", "50.0", "75.0", "100.0"]
     assert [r["checkpoint"] for r in lora] == [
         "ckpt-000",
@@ -396,7 +421,7 @@ def test_dvc_plot_data_is_long_format_with_base_at_zero(report):
     assert all(r["refusal_rate"] != "" for r in refusal)
 
     chrf = read_csv(out / "plots" / "chrf.csv")
-    assert [r["checkpoint"] for r in chrf if r["cell"] == "lora-1e-05"] == [
+    assert [r["checkpoint"] for r in chrf if r["cell"] == "lora-1e-05-1234"] == [
         "ckpt-000",
         "ckpt-025",
         "ckpt-050",
@@ -435,7 +460,7 @@ def test_report_markdown(report):
     assert "tests/fixtures/tiny-chat-model" in text
     assert "83 train" in text and "17 test" in text
     assert "| effective_batch_size | 8 |" in text
-    assert "`train.seed`=1234" in text
+    assert "`grid.seeds`=[1234]" in text
     assert "![Figure 1: harm/performance trade-off](figures/fig1_harmful_answers.png)" in text
     assert (
         "![Figure 1b: refusal-rate drop/performance trade-off](figures/fig1_tradeoff.png)" in text
@@ -447,9 +472,9 @@ def test_report_markdown(report):
         f"- `{MISSING_CELL}`: refusal rate: no metrics file yet; chrF: no metrics file yet"
         in missing
     )
-    assert "- `lora-1e-05`: chrF: ckpt-075, ckpt-100" in missing
-    assert "`lora-0.0001`" not in missing
-    assert result.missing_cells == ["lora-1e-05", MISSING_CELL]
+    assert "- `lora-1e-05-1234`: chrF: ckpt-075, ckpt-100" in missing
+    assert "`lora-0.0001-1234`" not in missing
+    assert result.missing_cells == ["lora-1e-05-1234", MISSING_CELL]
     table_row = f"| {MISSING_CELL} | ckpt-100 | missing | missing | missing | missing | missing |"
     assert table_row in text
     assert "| base | ckpt-000 | 0 | 0.979 [0.959, 0.994] |" in text
@@ -467,7 +492,7 @@ def test_paper_differences_only_for_the_papers_model(tmp_path: Path, metrics_dir
     )  # fmt: skip
     text = (tmp_path / "r" / "report.md").read_text()
     section = text.split("## Differences from the paper", 1)[1].split("\n## ", 1)[0]
-    ours = refusal_rate(Cell("lora", 1e-4), 0.5, JUDGES[0])
+    ours = refusal_rate(Cell("lora", 1e-4, SEED), 0.5, JUDGES[0])
     assert f"| lora-0.0001 | ckpt-050 | refusal rate | 0.848 | {ours:.3f} [" in section
     assert f"| {ours - 0.848:+.3f} |" in section
     assert "| base | ckpt-000 | chrF | 20.0 | 20.0 [18.5, 21.5] | +0.0 |" in section
@@ -480,7 +505,10 @@ def test_report_without_any_metrics_yet(tmp_path: Path):
     result = write_report(
         make_params(), tmp_path / "metrics", tmp_path / "out", data_stats=None, provenance={}
     )
-    assert result.missing_cells == [BASE_CELL, *(c.name for c in grid_cells(METHODS, RATES))]
+    assert result.missing_cells == [
+        BASE_CELL,
+        *(c.name for c in grid_cells(METHODS, RATES, [SEED])),
+    ]
     assert json.loads(result.paths["metrics_json"].read_text()) == {}
     rows = read_csv(result.paths["results_csv"])
     assert len(rows) == 1 + 4 * len(FRACTIONS)
@@ -563,7 +591,7 @@ def test_provenance_reads_dvc_lock_and_holds_no_environment(tmp_path: Path, monk
     }
     assert provenance["git"] == {"revision": None, "dirty": None}  # tmp_path is no repository
     assert provenance["seeds"] == {
-        "train.seed": 1234,
+        "grid.seeds": [SEED],
         "data.mtpref.seed": 42,
         "study.seed": 7,
         "model.seed": 0,
@@ -649,8 +677,8 @@ def test_a_table_per_evaluation_set_and_the_harm_helpfulness_figure(tmp_path, me
         },
     }
     evaluations = metrics_dir / "evaluations"
-    dump(evaluations / "hb" / "lora-0.0001.json", set_metrics("harmful", answer=8))
-    dump(evaluations / "kind-words" / "lora-0.0001.json", set_metrics("benign", answer=3))
+    dump(evaluations / "hb" / "lora-0.0001-1234.json", set_metrics("harmful", answer=8))
+    dump(evaluations / "kind-words" / "lora-0.0001-1234.json", set_metrics("benign", answer=3))
     result = write_report(params, metrics_dir, tmp_path / "out", data_stats=None, provenance={})
     text = result.paths["report"].read_text()
     section = text[text.index("\n## Evaluation sets\n") :]
@@ -662,11 +690,11 @@ def test_a_table_per_evaluation_set_and_the_harm_helpfulness_figure(tmp_path, me
     ):
         assert heading in section
     hb = section[section.index("### `hb`") : section.index("### `kind-words`")]
-    assert "| lora-0.0001 | 10 | 0.400 [0.000, 1.000] | 0.000 | 0.000 | 0.200 | 0.800 |" in hb
-    assert "| base | missing |" in hb and "| dpo-1e-05 | missing |" in hb
+    assert "| lora-0.0001-1234 | 10 | 0.400 [0.000, 1.000] | 0.000 | 0.000 | 0.200 | 0.800 |" in hb
+    assert "| base | missing |" in hb and "| dpo-1e-05-1234 | missing |" in hb
     benign = section[section.index("### `kind-words`") : section.index("### `not-run-yet`")]
     assert "| cell | n | over-refusal | echo | answer | degenerate |" in benign
-    assert "| lora-0.0001 | 10 | 0.000 [0.000, 1.000] | 0.700 [0.000, 1.000] | 0.300" in benign
+    assert "| lora-0.0001-1234 | 10 | 0.000 [0.000, 1.000] | 0.700 [0.000, 1.000] | 0.300" in benign
     figure = imread(result.paths["fig4"])
     assert figure.size > 0 and np.std(figure) > 0
 

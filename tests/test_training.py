@@ -136,8 +136,8 @@ def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
         subprocess.run(
             [sys.executable, "-m", "dvc", "repro", "-q", stage], cwd=project, env=env, check=True
         )
-    lr = params["grid"]["learning_rates"][0]
-    stage = f"train@full-{lr}"
+    cell = f"full-{params['grid']['learning_rates'][0]}-{params['grid']['seeds'][0]}"
+    stage = f"train@{cell}"
     # The stage's own TMPDIR (other test runs share /tmp), short enough for a Unix socket's path.
     private_tmp = Path(tempfile.mkdtemp(prefix="sd-"))
     env["TMPDIR"] = str(private_tmp)
@@ -148,8 +148,8 @@ def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
         start_new_session=True,
     )
     deadline = time.time() + 240
-    output = project / "models" / f"full-{lr}"
-    while not list((project / "models").glob(f".full-{lr}.*.partial/ckpt-025/checkpoint.json")):
+    output = project / "models" / cell
+    while not list((project / "models").glob(f".{cell}.*.partial/ckpt-025/checkpoint.json")):
         assert process.poll() is None, "training finished before it could be interrupted"
         assert time.time() < deadline
         time.sleep(0.05)

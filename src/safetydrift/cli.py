@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid = commands.add_parser(
         "grid", help="the base model, the grid's cells (N at a time) and the report, timed"
     )
-    grid.add_argument("cells", nargs="*", help="cells such as lora-5e-05 (default: all)")
+    grid.add_argument("cells", nargs="*", help="cells such as lora-5e-05-42 (default: all)")
     grid.add_argument(
         "--jobs",
         type=int,

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetydrift.cells import BASE_CELL, checkpoint_label
+from safetydrift.cells import BASE_CELL, Cell, cell_name, checkpoint_label, parse_cell, seed_value
 from safetydrift.io import read_json, read_jsonl
 from safetydrift.judges import canonical_judge_name
+from safetydrift.params import PARAMS_FILE, get, load_params
 from safetydrift.stats import (
     CHRF,
     REFUSAL,
@@ -243,12 +244,12 @@ class ComparisonReport:
 
 def _cell_order(cell: str) -> tuple[Any, ...]:
     if cell == BASE_CELL:
-        return (0, "", 0.0)
-    method, _, rate = cell.partition("-")
+        return (0, "", 0.0, -1)
     try:
-        return (1, method, -float(rate))
+        parsed = parse_cell(cell)
     except ValueError:
-        return (1, method, math.inf, rate)
+        return (1, cell.partition("-")[0], math.inf, -1, cell)
+    return (1, parsed.method, -parsed.learning_rate, -1 if parsed.seed is None else parsed.seed)
 
 
 def _first_ids(ids: set[Any], count: int = 3) -> list[Any]:
@@ -503,7 +504,8 @@ def resolve_revision(spec: str, repo: str | Path = ".") -> str | None:
 
 
 def materialise_revision(repo: str | Path, commit: str, destination: str | Path) -> list[str]:
-    """Write `metrics/`, `evals/` and `generations/chrf/` as of `commit` under `destination`.
+    """Write `metrics/`, `evals/`, `generations/chrf/` and params.yaml as of `commit` under
+    `destination`.
 
     Git-tracked files (metrics/, `cache: false`) come from `git archive`; DVC outputs (evals/,
     generations/) from DVC's view of that revision, which reads the local cache (or the remote).
@@ -512,7 +514,8 @@ def materialise_revision(repo: str | Path, commit: str, destination: str | Path)
     repo, destination = Path(repo), Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    listed = _git(repo, "ls-tree", "-r", "--name-only", commit, "--", *RESULT_PATHS)
+    # params.yaml too: the `train.seed` of results from before the seed axis (`seed_cells`).
+    listed = _git(repo, "ls-tree", "-r", "--name-only", commit, "--", *RESULT_PATHS, PARAMS_FILE)
     tracked = [name for name in listed.stdout.decode().splitlines() if name]
     if tracked:
         archive = destination / ".revision.tar"
@@ -571,11 +574,46 @@ def compare_paths(
             notes_b,
         ),
     ):
-        report = compare_results(
-            read_results(dir_a), read_results(dir_b), settings, judges, labels=(spec_a, spec_b)
-        )
-    report.notes = notes_a + notes_b + report.notes
+        results_a, results_b = read_results(dir_a), read_results(dir_b)
+        named = seed_cells(results_a, results_b, spec_a) + seed_cells(results_b, results_a, spec_b)
+        report = compare_results(results_a, results_b, settings, judges, labels=(spec_a, spec_b))
+    report.notes = notes_a + notes_b + named + report.notes
     return report
+
+
+def _parsed_cells(results: Results) -> dict[str, Cell]:
+    """The cells a results folder holds, by name (the base model and unknown names aside)."""
+    names = {key[0] for key in results.refusal} | {key[0] for key in results.chrf}
+    parsed = {}
+    for name in names - {BASE_CELL}:
+        with contextlib.suppress(ValueError):
+            parsed[name] = parse_cell(name)
+    return parsed
+
+
+def seed_cells(results: Results, other: Results, label: str) -> list[str]:
+    """Name `results`' cells from before the seed axis (METHOD-LR) METHOD-LR-SEED, with the
+    `train.seed` of its params.yaml, where `other` names its cells with seeds: the same training
+    then pairs with the same seed's cell. Returns a note saying what was done, or why not."""
+    unseeded = {name: c for name, c in _parsed_cells(results).items() if c.seed is None}
+    if not unseeded or all(c.seed is None for c in _parsed_cells(other).values()):
+        return []
+    params_file = results.root / PARAMS_FILE
+    seed = get(load_params(params_file), "train.seed", None) if params_file.exists() else None
+    if seed is None:
+        return [
+            f"{label}: cells named without a seed ({', '.join(sorted(unseeded))}, from before "
+            f"`grid.seeds`) and no `train.seed` in {PARAMS_FILE} to name them by: they pair "
+            "with no seeded cell"
+        ]
+    seed = seed_value(seed, "train.seed")
+    renamed = {name: cell_name(c.method, c.learning_rate, seed) for name, c in unseeded.items()}
+    results.refusal = {(renamed.get(k[0], k[0]), *k[1:]): v for k, v in results.refusal.items()}
+    results.chrf = {(renamed.get(k[0], k[0]), *k[1:]): v for k, v in results.chrf.items()}
+    return [
+        f"{label}: cells from before `grid.seeds` read as seed {seed} (its {PARAMS_FILE}'s "
+        "`train.seed`)"
+    ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetydrift.cells import grid_cells
+from safetydrift.cells import study_cells
 from safetydrift.methods import checkpoint_fractions, keep_checkpoints_setting
 from safetydrift.params import ParamError, get
 
@@ -209,10 +209,7 @@ def estimate(
     """The disk the cells still to train will fill, at its peak, and the free space."""
     keep = keep_checkpoints_setting(get(params, "train.keep_checkpoints", "all"))
     n_checkpoints = len(checkpoint_fractions(get(params, "train.checkpoint_fractions")))
-    methods = {
-        cell.name: cell.method
-        for cell in grid_cells(get(params, "grid.methods"), get(params, "grid.learning_rates"))
-    }
+    methods = {cell.name: cell.method for cell in study_cells(params)}
     to_train = [cell for cell in cells if cell not in done]
     sizes = checkpoint_bytes(workspace, params, sorted({methods[cell] for cell in cells}))
     kept = 1 if keep == "final" else n_checkpoints

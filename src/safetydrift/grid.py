@@ -18,7 +18,8 @@ pushes what it ran to the DVC remote (`dvc push --run-cache`); the main workspac
 run-cache and the outputs from it (docs/running.md, "Across machines").
 
 Order: the shared inputs first (prepared data, base model), in the main workspace. One at a time,
-the base model's evaluations and then the cells, those at `report.fixed_lr` (Figure 1) first and
+the base model's evaluations and then the cells, seed by seed in `grid.seeds` order (a whole
+grid, then the next seed's), within a seed those at `report.fixed_lr` (Figure 1) first and
 then the other learning rates, largest first, so that a run cut short has the figures' most
 telling cells; one at a time needs no Ray and no copies. Side by side, the slowest methods first
 and in turns (QLoRA's eager 4-bit training, LoRA, DPO, full fine-tuning; then again; the base
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from safetydrift.cells import BASE_CELL, grid_cells
+from safetydrift.cells import BASE_CELL, grid_seeds, study_cells
 from safetydrift.disk import DiskEstimate, describe, estimate, refuse_if_short
 from safetydrift.evaluation_sets import evaluation_names
 from safetydrift.io import write_json
@@ -98,11 +99,15 @@ class GridRun:
 
 
 def default_cells(params: dict[str, Any]) -> list[str]:
-    """Every cell of the grid, those at `report.fixed_lr` first, then by learning rate, largest
-    first (so a cut-short run has Figure 1 whole and the largest effects of Figure 2)."""
+    """Every cell of the grid (METHOD-LR-SEED), seed by seed in `grid.seeds` order; within a
+    seed those at `report.fixed_lr` first, then by learning rate, largest first (so a cut-short
+    run has whole replicates, each with Figure 1 whole and the largest effects of Figure 2)."""
     fixed = float(get(params, "report.fixed_lr"))
-    cells = grid_cells(get(params, "grid.methods"), get(params, "grid.learning_rates"))
-    ordered = sorted(cells, key=lambda cell: (cell.learning_rate != fixed, -cell.learning_rate))
+    seeds = grid_seeds(params)
+    ordered = sorted(
+        study_cells(params),
+        key=lambda c: (seeds.index(c.seed), c.learning_rate != fixed, -c.learning_rate),
+    )
     return [cell.name for cell in ordered]
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetydrift.cells import Cell, checkpoint_label
+from safetydrift.cells import Cell, checkpoint_label, grid_seeds, reject_train_seed, seed_value
 from safetydrift.compat import fast_path_verified
 from safetydrift.data import TranslationPair
 from safetydrift.determinism import deterministic_mode
@@ -120,16 +120,24 @@ class TrainSettings:
         return "dpo" if self.method == "dpo" else "sft"
 
 
-def train_settings(params: dict[str, Any], method: str, learning_rate: float) -> TrainSettings:
-    """Validate everything a cell needs before any model is loaded."""
+def train_settings(
+    params: dict[str, Any], method: str, learning_rate: float, seed: int | str | None = None
+) -> TrainSettings:
+    """Validate everything a cell needs before any model is loaded.
+
+    `seed` is the cell's entry of `grid.seeds` (the train stage's `--seed`); without one, the
+    first of `grid.seeds`.
+    """
     if method not in METHODS:
         raise ParamError(f"unknown method `{method}` (known: {', '.join(METHODS)})")
+    reject_train_seed(params)
+    seed = grid_seeds(params)[0] if seed is None else seed_value(seed)
     train = get(params, "train")
     method_params = get(params, f"methods.{method}", {}) or {}
     settings = TrainSettings(
         method=method,
         learning_rate=positive_float(learning_rate, "grid.learning_rates"),
-        seed=int(train["seed"]),
+        seed=seed,
         epochs=positive_float(train["epochs"], "train.epochs"),
         effective_batch_size=int(train["effective_batch_size"]),
         per_device_batch_size=int(train["per_device_batch_size"]),
@@ -946,7 +954,7 @@ def _train(
         )
     tokens = getattr(trainer, "_total_train_tokens", None)
     result = TrainResult(
-        cell=Cell(settings.method, settings.learning_rate).name,
+        cell=Cell(settings.method, settings.learning_rate, settings.seed).name,
         steps=trainer.state.global_step,
         examples=examples,
         train_seconds=seconds,

@@ -34,7 +34,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 def get(params: Mapping[str, Any], dotted_key: str, default: Any = ...) -> Any:
-    """`get(params, "train.seed")`; a missing key without a default is a named error."""
+    """`get(params, "grid.seeds")`; a missing key without a default is a named error."""
     node: Any = params
     for part in dotted_key.split("."):
         if not isinstance(node, Mapping) or part not in node:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safetydrift.cells import BASE_CELL
+from safetydrift.cells import BASE_CELL, parse_cell
 from safetydrift.io import DiskFullError, read_json, read_jsonl
 from safetydrift.params import PARAMS_FILE, ParamError, get, load_params, select
 from safetydrift.process import enable_bytecode_cache, exit_now
@@ -61,10 +61,16 @@ def study_name(params: dict[str, Any]) -> str:
 
 
 def cell_identity(cell: str) -> dict[str, Any]:
+    """What a metrics file says of its cell: name, method, learning rate and seed."""
     if cell == BASE_CELL:
-        return {"cell": cell, "method": BASE_CELL, "learning_rate": None}
-    method, _, rate = cell.partition("-")
-    return {"cell": cell, "method": method, "learning_rate": float(rate)}
+        return {"cell": cell, "method": BASE_CELL, "learning_rate": None, "seed": None}
+    parsed = parse_cell(cell)
+    return {
+        "cell": cell,
+        "method": parsed.method,
+        "learning_rate": parsed.learning_rate,
+        "seed": parsed.seed,
+    }
 
 
 def read_generations(measurement: str, cell: str) -> tuple[dict[str, Any], dict[str, list[dict]]]:

@@ -23,7 +23,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from safetydrift.cells import BASE_CELL, Cell, checkpoint_label, grid_cells
+from safetydrift.cells import BASE_CELL, Cell, checkpoint_label, study_cells
 from safetydrift.io import atomic_path, read_json, write_csv, write_json
 from safetydrift.lockfile import lock_provenance, package_versions
 from safetydrift.markdown import markdown_table
@@ -32,6 +32,7 @@ from safetydrift.params import ParamError, flatten, get
 from safetydrift.report import evaluation_sets as sets_report
 from safetydrift.report import paired as paired_report
 from safetydrift.report import responses as responses_report
+from safetydrift.report import seeds as seeds_report
 
 DEFAULT_FIXED_LR = 5e-5
 DEFAULT_PRIMARY_JUDGE = "keywords-kempermann2025"
@@ -69,7 +70,10 @@ PROVENANCE_PACKAGES = (
     "sacrebleu",
     "bitsandbytes",
 )
-SEED_KEYS = ("train.seed", "data.mtpref.seed", "study.seed", "model.seed", "chrf.seed")
+# `train.seed`: the training seed of results from before `grid.seeds`.
+SEED_KEYS = (
+    "grid.seeds", "train.seed", "data.mtpref.seed", "study.seed", "model.seed", "chrf.seed",
+)  # fmt: skip
 
 METHOD_STYLES: dict[str, tuple[str, str]] = {
     "full": ("o", "#d62728"),
@@ -258,7 +262,7 @@ def collect_results(params: Mapping[str, Any], metrics_dir: Path) -> GridResults
     primary_judge = str(get(params, "report.primary_judge", None) or DEFAULT_PRIMARY_JUDGE)
     fractions = _checkpoint_fractions(params)
     expected = {checkpoint_label(f): f for f in fractions}
-    cells = grid_cells(get(params, "grid.methods"), get(params, "grid.learning_rates"))
+    cells = study_cells(params, before_seed_axis=True)
 
     rows: dict[str, list[CheckpointResult]] = {}
     missing: list[Missing] = []
@@ -358,10 +362,6 @@ def _new_figure(width: float, height: float) -> Figure:
     return figure
 
 
-def _errors(value: float, low: float | None, high: float | None) -> list[list[float]]:
-    return [[value - low if low is not None else 0.0], [high - value if high is not None else 0.0]]
-
-
 def tradeoff_figure(
     results: GridResults, fixed_lr: float, paired: paired_report.PairedTests | None = None
 ) -> Figure:
@@ -370,27 +370,22 @@ def tradeoff_figure(
     methods = [c.method for c in results.cells]
     figure = _new_figure(6.4, 4.8)
     ax = figure.add_subplot()
-    for point in points:
-        marker, color = _method_style(point.method, methods)
-        ax.errorbar(
-            [point.chrf.value],
-            [point.drop_points],
-            xerr=_errors(point.chrf.value, point.chrf.ci_low, point.chrf.ci_high),
-            yerr=_errors(point.drop_points, point.drop_low, point.drop_high),
-            fmt=marker,
-            color=color,
-            markersize=8,
-            capsize=3,
-            label=point.method,
-        )
-        ax.annotate(
-            point.method,
-            (point.chrf.value, point.drop_points),
-            textcoords="offset points",
-            xytext=(7, 7),
-            # In the marker's colour: methods that barely differ (LoRA, QLoRA) sit close together.
-            color=color,
-        )
+    seeds_report.draw_method_points(
+        ax,
+        [
+            seeds_report.MethodPoint(
+                p.method,
+                p.chrf.value,
+                p.drop_points,
+                p.chrf.ci_low,
+                p.chrf.ci_high,
+                p.drop_low,
+                p.drop_high,
+            )
+            for p in points
+        ],
+        lambda method: _method_style(method, methods),
+    )
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("chrF (final checkpoint)")
     ax.set_ylabel(f"Refusal-rate drop from base (points, {results.primary_judge})")
@@ -415,11 +410,13 @@ class CurvePoint:
     estimate: Estimate
 
 
-def lr_curves(results: GridResults, metric: str) -> dict[str, dict[float, list[CurvePoint]]]:
-    """Figure 2's series: per method, per learning rate, the measured points from 0% to 100%.
+def lr_curves(
+    results: GridResults, metric: str
+) -> dict[str, dict[float, dict[int | None, list[CurvePoint]]]]:
+    """Figure 2's series: per method, learning rate and seed, the measured points from 0% to 100%.
 
     The base model is the 0% point of every curve. Checkpoints without the metric are left out,
-    and a learning rate with nothing measured after the base gets no curve at all.
+    and a seed with nothing measured after the base gets no curve at all.
     """
 
     def estimate(row: CheckpointResult) -> Estimate | None:
@@ -430,7 +427,7 @@ def lr_curves(results: GridResults, metric: str) -> dict[str, dict[float, list[C
 
     base_value = estimate(results.base)
     start = [] if base_value is None else [point(results.base, base_value)]
-    curves: dict[str, dict[float, list[CurvePoint]]] = {}
+    curves: dict[str, dict[float, dict[int | None, list[CurvePoint]]]] = {}
     for cell in results.cells:
         points = [
             point(row, value)
@@ -439,7 +436,7 @@ def lr_curves(results: GridResults, metric: str) -> dict[str, dict[float, list[C
         ]
         by_lr = curves.setdefault(cell.method, {})
         if points:
-            by_lr[cell.learning_rate] = start + points
+            by_lr.setdefault(cell.learning_rate, {})[cell.seed] = start + points
     return curves
 
 
@@ -466,23 +463,8 @@ def lr_curves_figure(results: GridResults) -> Figure:
             ax = axes[row_index][column]
             by_lr = curves.get(method, {})
             for lr in rates:
-                if lr not in by_lr:
-                    continue
-                xs = [p.percent for p in by_lr[lr]]
-                ys = [p.estimate.value for p in by_lr[lr]]
-                ax.plot(xs, ys, marker="o", markersize=4, color=colors[lr], label=lr_label(lr))
-                banded = [
-                    p for p in by_lr[lr] if None not in (p.estimate.ci_low, p.estimate.ci_high)
-                ]
-                if banded:
-                    ax.fill_between(
-                        [p.percent for p in banded],
-                        [p.estimate.ci_low for p in banded],
-                        [p.estimate.ci_high for p in banded],
-                        color=colors[lr],
-                        alpha=0.15,
-                        linewidth=0,
-                    )
+                if lr in by_lr:
+                    seeds_report.draw_curve(ax, by_lr[lr], colors[lr], lr_label(lr))
             absent = [lr_label(lr) for lr in rates if lr not in by_lr]
             if absent:
                 ax.text(
@@ -539,7 +521,7 @@ def results_table(results: GridResults) -> tuple[list[dict[str, str]], list[str]
     """Rows of results.csv: every cell × checkpoint, base first; missing values stay empty."""
     other_judges = results.judges[1:]
     fieldnames = [
-        "cell", "method", "learning_rate", "checkpoint", "fraction", "step",
+        "cell", "method", "learning_rate", "seed", "checkpoint", "fraction", "step",
         "refusal_rate", "refusal_ci_low", "refusal_ci_high", "refusal_n",
         *(_judge_column(j) for j in other_judges),
         "chrf", "chrf_ci_low", "chrf_ci_high", "chrf_n",
@@ -552,6 +534,7 @@ def results_table(results: GridResults) -> tuple[list[dict[str, str]], list[str]
             "cell": result.cell,
             "method": result.method,
             "learning_rate": _num(result.learning_rate),
+            "seed": _num(seeds_report.seed_of(result.cell)),
             "checkpoint": result.checkpoint,
             "fraction": _num(result.fraction),
             "step": _num(result.step),
@@ -596,7 +579,7 @@ PLOT_VALUE_FIELDS = {REFUSAL: "refusal_rate", CHRF: "chrf"}
 
 def plot_fields(metric: str) -> list[str]:
     return [
-        "method", "learning_rate", "cell", "checkpoint", "percent", "step",
+        "method", "learning_rate", "seed", "cell", "checkpoint", "percent", "step",
         PLOT_VALUE_FIELDS[metric], "ci_low", "ci_high",
     ]  # fmt: skip
 
@@ -609,13 +592,14 @@ def plot_rows(results: GridResults, metric: str) -> list[dict[str, str]]:
     """
     rows = []
     for method, by_lr in lr_curves(results, metric).items():
-        for lr, points in by_lr.items():
-            for point in points:
+        for lr, by_seed in by_lr.items():
+            for seed, point in ((s, p) for s, points in by_seed.items() for p in points):
                 rows.append(
                     {
                         "method": method,
                         "learning_rate": repr(lr),
-                        "cell": Cell(method, lr).name,
+                        "seed": _num(seed),
+                        "cell": Cell(method, lr, seed).name,
                         "checkpoint": point.checkpoint,
                         "percent": _num(point.percent),
                         "step": _num(point.step),
@@ -681,7 +665,7 @@ def dvc_plot_template() -> dict[str, Any]:
                         "y": {"field": "ci_low", "type": "quantitative"},
                         "y2": {"field": "ci_high"},
                         "color": color,
-                        "detail": {"field": "rev"},
+                        "detail": [{"field": "rev"}, {"field": "seed"}],
                     },
                 },
                 {
@@ -690,6 +674,7 @@ def dvc_plot_template() -> dict[str, Any]:
                         "x": x,
                         "y": y,
                         "color": color,
+                        "detail": {"field": "seed"},  # each seed its own line
                         "strokeDash": {
                             "field": "rev",
                             "type": "nominal",
@@ -883,10 +868,14 @@ def paper_comparison(results: GridResults) -> list[PaperComparison]:
             figure["metric"],
             float(figure["value"]),
         )
-        row = results.row(cell, checkpoint)
-        ours = None
-        if row is not None:
-            ours = row.refusal.get(results.primary_judge) if metric == REFUSAL else row.chrf
+        ours = seeds_report.paper_estimate(
+            results,
+            cell,
+            checkpoint,
+            lambda row, m=metric: (
+                row.refusal.get(results.primary_judge) if m == REFUSAL else row.chrf
+            ),
+        )
         comparisons.append(PaperComparison(cell, checkpoint, metric, theirs, ours))
     return comparisons
 
@@ -996,6 +985,7 @@ def render_markdown(
     provenance: Mapping[str, Any],
     responses: Sequence[str] = (),
     paired: Sequence[str] = (),
+    seeds: Sequence[str] = (),
 ) -> str:
     fixed_lr = float(get(params, "report.fixed_lr", None) or DEFAULT_FIXED_LR)
     study = get(params, "study.name", None) or "safetydrift"
@@ -1036,6 +1026,7 @@ def render_markdown(
         f"![Figure 3: response classes]({responses_report.FIG_CLASSES.as_posix()})",
         "",
     ]
+    lines += list(seeds)
     lines += list(paired)
     lines += list(responses)
     lines += _results_section(results)
@@ -1236,6 +1227,9 @@ def write_report(
     )
     rows, fieldnames = results_table(results)
     write_csv(paths["results_csv"], rows, fieldnames)
+    paths["seeds_csv"] = out_dir / seeds_report.SEEDS_CSV
+    seed_rows = seeds_report.seed_rows(results, responses)
+    write_csv(paths["seeds_csv"], seeds_report.csv_rows(seed_rows), list(seeds_report.CSV_FIELDS))
     metrics_summary = summary_metrics(results)
     for key, values in responses_report.summary(responses).items():
         cell, _, checkpoint = key.partition("/")
@@ -1257,6 +1251,9 @@ def write_report(
         provenance=provenance,
         responses=response_lines,
         paired=paired_report.section(paired, results.cells, fixed_lr, results.final_checkpoint),
+        seeds=seeds_report.section(
+            seed_rows, seeds_report.seeds_of(results.cells), seeds_report.SEEDS_CSV
+        ),
     )
     with atomic_path(paths["report"]) as tmp:
         tmp.write_text(redact_secrets(markdown), encoding="utf-8")

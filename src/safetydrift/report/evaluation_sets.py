@@ -29,6 +29,7 @@ from safetydrift.evaluation_sets import (
 )
 from safetydrift.io import read_json
 from safetydrift.markdown import markdown_table, rate_cell
+from safetydrift.report import seeds as seeds_report
 from safetydrift.report.responses import ResponseResults
 from safetydrift.response_classes import RESPONSE_CLASSES
 
@@ -201,7 +202,8 @@ def helpfulness_figure(
     points: Sequence[HelpfulnessPoint], fixed_lr: float, judge: str | None, new_figure, style
 ) -> Any:
     """Figure 4: harmful-answer rate against benign answer rate, one line per method through its
-    checkpoints from the base model, each point with both Wilson intervals."""
+    checkpoints from the base model, each point with both Wilson intervals. With several seeds,
+    each seed's points small and the line through their mean at each checkpoint."""
     figure = new_figure(6.4, 5.2)
     ax = figure.add_subplot()
     methods = list(dict.fromkeys(p.method for p in points if p.method != BASE_CELL))
@@ -209,6 +211,10 @@ def helpfulness_figure(
     for method in [BASE_CELL, *methods]:
         own = [p for p in points if p.method == method]
         marker, color = ("*", "black") if method == BASE_CELL else style(method, methods)
+        seeds = {seeds_report.seed_of(p.cell) for p in own}
+        if method != BASE_CELL and len(seeds) > 1:
+            _draw_seeds(ax, base, own, marker, color, method)
+            continue
         for p in own:
             x, y = p.answer["rate"], p.harmful["rate"]
             ax.errorbar(
@@ -257,6 +263,59 @@ def helpfulness_figure(
     if not points:
         ax.text(0.5, 0.5, "no benign and harmful rates yet", transform=ax.transAxes, ha="center")
     return figure
+
+
+def _draw_seeds(
+    ax: Any,
+    base: Sequence[HelpfulnessPoint],
+    own: Sequence[HelpfulnessPoint],
+    marker: str,
+    color: str,
+    method: str,
+) -> None:
+    """One method's points of several seeds: each seed's small, and a line from the base model
+    through the mean over seeds at each checkpoint (over the seeds that have it)."""
+    ax.plot(
+        [p.answer["rate"] for p in own],
+        [p.harmful["rate"] for p in own],
+        linestyle="none",
+        marker=marker,
+        markersize=4,
+        color=color,
+        alpha=seeds_report.SEED_ALPHA,
+    )
+    by_seed: dict[int | None, list[HelpfulnessPoint]] = {}
+    for p in own:
+        by_seed.setdefault(seeds_report.seed_of(p.cell), []).append(p)
+    xs = seeds_report.mean_over_seeds(
+        {p.percent: p.answer["rate"] for p in s} for s in by_seed.values()
+    )
+    ys = seeds_report.mean_over_seeds(
+        {p.percent: p.harmful["rate"] for p in s} for s in by_seed.values()
+    )
+    percents = sorted(xs)
+    line_x = [p.answer["rate"] for p in base] + [xs[k] for k in percents]
+    line_y = [p.harmful["rate"] for p in base] + [ys[k] for k in percents]
+    ax.plot(
+        line_x, line_y, color=color, linewidth=1, label=f"{method} (mean of {len(by_seed)} seeds)"
+    )
+    ax.plot(
+        [xs[k] for k in percents],
+        [ys[k] for k in percents],
+        linestyle="none",
+        marker=marker,
+        markersize=8,
+        color=color,
+    )
+    for k in percents:
+        ax.annotate(
+            f"{k}%",
+            (xs[k], ys[k]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(4, 4),
+            color=color,
+        )
 
 
 def section(

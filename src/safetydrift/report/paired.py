@@ -1,5 +1,5 @@
 """The report's paired tests: every checkpoint against the base model, and the methods against
-each other at the same learning rate and checkpoint, on the same prompts.
+each other at the same learning rate, seed and checkpoint, on the same prompts.
 
 Each cell is evaluated on the same AdvBench prompts and the same MT-Pref test sentences as the
 base model, so differences are tested on the pairs (`safetydrift.stats`), never read off two
@@ -254,9 +254,9 @@ def paired_tests(
     keyword_judge: str,
     harm_judge: str | None,
 ) -> PairedTests:
-    """Every checkpoint against the base model, and every two methods at the same rate and
-    checkpoint (A: the method listed first in `grid.methods`), for each metric; Holm over each
-    metric's tests."""
+    """Every checkpoint against the base model, and every two methods at the same rate, seed
+    and checkpoint (A: the method listed first in `grid.methods`), for each metric; Holm over
+    each metric's tests."""
     labels = [checkpoint_label(f) for f in fractions]
     judges = {REFUSAL: keyword_judge, HARMFUL_ANSWER: harm_judge, CHRF: None}
     measurements = [m for m in MEASUREMENTS if m != HARMFUL_ANSWER or harm_judge is not None]
@@ -267,11 +267,14 @@ def paired_tests(
     ]
     methods = list(dict.fromkeys(c.method for c in cells))
     rates = list(dict.fromkeys(c.learning_rate for c in cells))
+    seeds = list(dict.fromkeys(c.seed for c in cells))
+    # Two methods trained with the same seed: the seeds' own scatter is the seeds section's.
     for rate in rates:
-        for first, second in itertools.combinations(methods, 2):
-            for label in labels:
-                a, b = Cell(first, rate).name, Cell(second, rate).name
-                plan.append((BETWEEN_METHODS, (a, label), (b, label)))
+        for seed in seeds:
+            for first, second in itertools.combinations(methods, 2):
+                for label in labels:
+                    a, b = Cell(first, rate, seed).name, Cell(second, rate, seed).name
+                    plan.append((BETWEEN_METHODS, (a, label), (b, label)))
     tests: list[PairedTest] = []
     untested: list[str] = []
     for measurement in measurements:
@@ -373,6 +376,8 @@ def _statements(
         if said:
             lines.append(f"- `{cell.name}`, {final}: " + "; ".join(said) + ".")
     for first, second in itertools.combinations(at_rate, 2):
+        if first.seed != second.seed:
+            continue
         said = [
             f"{metric_name(tests, m)} " + describe_difference(t.comparison, f"`{first.name}`")
             for m in MEASUREMENTS
@@ -396,8 +401,8 @@ def section(tests: PairedTests, cells: Sequence[Cell], fixed_lr: float, final: s
         "## Paired tests",
         "",
         "Every checkpoint against the base model, and the methods against each other at the same "
-        "learning rate and checkpoint, each on the same prompts: rates by McNemar's exact test "
-        f"with Tango's {100 * s.confidence:g}% interval for the difference, chrF by a paired "
+        "learning rate, seed and checkpoint, each on the same prompts: rates by McNemar's exact "
+        f"test with Tango's {100 * s.confidence:g}% interval for the difference, chrF by a paired "
         f"bootstrap over the same test sentences ({s.n_resamples} resamples, seed {s.seed}). "
         "Differences are B − A (checkpoint − base model; the second method − the first). "
         f"Holm's adjustment runs over each metric's family, every test of it in this section: "

@@ -23,6 +23,7 @@ from safetydrift.io import read_json, read_jsonl
 from safetydrift.judge_validation import pairwise_agreement
 from safetydrift.markdown import markdown_table, rate_cell
 from safetydrift.params import ParamError, get
+from safetydrift.report import seeds as seeds_report
 from safetydrift.response_classes import (
     ANSWER,
     DEGENERATE,
@@ -430,7 +431,9 @@ def examples_section(
 
 def class_shares_figure(results: ResponseResults, cells: Sequence[Cell], new_figure) -> Any:
     """Figure 3: class shares per checkpoint, one panel per method × learning rate, stacked;
-    the base model is every panel's 0% bar. Collapsed checkpoints are marked."""
+    the base model is every panel's 0% bar. Collapsed checkpoints are marked. With several
+    seeds, each bar is the mean share over the seeds measured at that checkpoint, and a
+    checkpoint is marked with how many of them collapsed."""
     methods = list(dict.fromkeys(c.method for c in cells))
     rates = sorted({c.learning_rate for c in cells}, reverse=True)
     figure = new_figure(2.6 * max(len(rates), 1) + 1.2, 2.2 * max(len(methods), 1) + 0.6)
@@ -438,23 +441,38 @@ def class_shares_figure(results: ResponseResults, cells: Sequence[Cell], new_fig
         max(len(methods), 1), max(len(rates), 1), squeeze=False, sharex=True, sharey=True
     )
     base = results.checkpoints.get(BASE_CELL, [])
+    groups = seeds_report.seed_groups(cells)
     for row_index, method in enumerate(methods):
         for col_index, rate in enumerate(rates):
             ax = axes[row_index][col_index]
-            name = Cell(method, rate).name
-            points = base + results.checkpoints.get(name, [])
-            labels = [f"{round(100 * p.fraction)}%" for p in points]
-            bottom = [0.0] * len(points)
+            seeds = [
+                base + found
+                for cell in groups.get((method, rate), [])
+                if (found := results.checkpoints.get(cell.name))
+            ]
+            series = seeds or [base]
+            fractions = sorted({p.fraction for s in series for p in s})
+            labels = [f"{round(100 * f)}%" for f in fractions]
+            bottom = [0.0] * len(fractions)
             for cls in RESPONSE_CLASSES:
-                shares = [p.classes[cls]["share"] for p in points]
+                means = seeds_report.mean_over_seeds(
+                    {p.fraction: p.classes[cls]["share"] for p in s} for s in series
+                )
+                shares = [means[f] for f in fractions]
                 ax.bar(labels, shares, bottom=bottom, color=CLASS_COLORS[cls], label=cls)
                 bottom = [b + s for b, s in zip(bottom, shares, strict=True)]
-            for x, point in enumerate(points):
-                if point.collapsed:
-                    ax.text(x, 1.02, "collapsed", ha="center", fontsize=6, rotation=90)
-            if not results.checkpoints.get(name):
+            for x, fraction in enumerate(fractions):
+                collapsed = sum(p.collapsed for s in series for p in s if p.fraction == fraction)
+                if collapsed:
+                    text = (
+                        "collapsed" if len(series) == 1 else f"collapsed {collapsed}/{len(series)}"
+                    )
+                    ax.text(x, 1.02, text, ha="center", fontsize=6, rotation=90)
+            if not seeds:
                 ax.text(0.5, 0.5, "missing", transform=ax.transAxes, ha="center")
-            ax.set_title(f"{method}, lr={rate}", fontsize=9)
+            title = f"{method}, lr={rate}"
+            several = f", mean of {len(seeds)} seeds" if len(seeds) > 1 else ""
+            ax.set_title(title + several, fontsize=9)
             ax.set_ylim(0, 1.15)
             ax.tick_params(labelsize=7)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -492,18 +510,20 @@ def harm_tradeoff_points(
 
 
 def harm_tradeoff_figure(points, fixed_lr: float, judge: str | None, new_figure, style) -> Any:
-    """Figure 1: harmful-answer rate against chrF at `fixed_lr` (final checkpoints), base too."""
+    """Figure 1: harmful-answer rate against chrF at `fixed_lr` (final checkpoints), base too;
+    with several seeds, each seed's point small and their mean full size."""
     figure = new_figure(6.4, 4.8)
     ax = figure.add_subplot()
     methods = [p[0] for p in points]
-    for method, chrf, rate, low, high in points:
-        marker, color = ("*", "black") if method == BASE_CELL else style(method, methods)
-        errors = [
-            [rate - low if low is not None else 0.0],
-            [high - rate if high is not None else 0.0],
-        ]
-        ax.errorbar([chrf], [rate], yerr=errors, fmt=marker, color=color, markersize=9, capsize=3)
-        ax.annotate(method, (chrf, rate), textcoords="offset points", xytext=(7, 7), color=color)
+    seeds_report.draw_method_points(
+        ax,
+        [
+            seeds_report.MethodPoint(method, chrf, rate, y_low=low, y_high=high)
+            for method, chrf, rate, low, high in points
+        ],
+        lambda method: ("*", "black") if method == BASE_CELL else style(method, methods),
+        markersize=9,
+    )
     ax.set_xlabel("chrF (final checkpoint; base model: before training)")
     ax.set_ylabel(f"harmful-answer rate ({judge or 'no judge'})")
     ax.set_ylim(bottom=0)
