@@ -9,7 +9,8 @@ from typing import Any
 from safetydrift import tracking
 from safetydrift.io import read_json
 from safetydrift.params import load_params
-from safetydrift.report import ReportResult, collect_provenance, write_report
+from safetydrift.report.provenance import collect_provenance
+from safetydrift.report.write import ReportResult, write_report
 from safetydrift.stage import (
     METRICS_DIR,
     MTPREF_DIR,

@@ -20,19 +20,13 @@ from safetydrift.cells import (
     parse_cell,
 )
 from safetydrift.paper import paper_model
-from safetydrift.report import (
-    CHRF,
-    REFUSAL,
-    collect_provenance,
-    collect_results,
-    dvc_plot_template,
-    lr_curves,
-    lr_curves_figure,
-    redact_secrets,
-    tradeoff_figure,
-    tradeoff_points,
-    write_report,
-)
+from safetydrift.report.evaluation_sets import SetResults, _from_metrics, helpfulness_points
+from safetydrift.report.figures import lr_curves_figure, tradeoff_figure, tradeoff_points
+from safetydrift.report.markdown import redact_secrets
+from safetydrift.report.provenance import collect_provenance
+from safetydrift.report.results import CHRF, REFUSAL, collect_results, lr_curves
+from safetydrift.report.tables import dvc_plot_template
+from safetydrift.report.write import write_report
 
 JUDGES = ("keywords-kempermann2025", "prefixes-zou2023", "regex-enais2025")
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -700,8 +694,6 @@ def test_a_table_per_evaluation_set_and_the_harm_helpfulness_figure(tmp_path, me
 
 
 def test_the_figure_pools_every_set_and_skips_a_checkpoint_a_set_lacks():
-    from safetydrift.report.evaluation_sets import SetResults, _from_metrics, helpfulness_points
-
     def point(kind, answer, n=10):
         return _from_metrics(set_metrics(kind, answer, n)["checkpoints"]["ckpt-100"])
 

@@ -18,12 +18,14 @@ import pytest
 from conftest import load_stage
 
 from safetydrift.cells import BASE_CELL
-from safetydrift.report import collect_results, tradeoff_points, write_report
+from safetydrift.report.figures import tradeoff_points
 from safetydrift.report.paired import (
     AGAINST_BASE,
     BETWEEN_METHODS,
     collect_paired_tests,
 )
+from safetydrift.report.results import collect_results
+from safetydrift.report.write import write_report
 from safetydrift.stats import CHRF, HARMFUL_ANSWER, REFUSAL, paired_bootstrap_chrf, tango_interval
 
 KEYWORD_JUDGE = "keywords-kempermann2025"

@@ -16,14 +16,12 @@ from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
 from safetydrift.compare import Settings
 from safetydrift.paper import paper_model
 from safetydrift.params import load_params
-from safetydrift.report import (
-    collect_results,
-    lr_curves_figure,
-    tradeoff_figure,
-    write_report,
-)
+from safetydrift.report import evaluation_sets as sets_report
 from safetydrift.report import responses as responses_report
+from safetydrift.report.figures import lr_curves_figure, tradeoff_figure
 from safetydrift.report.paired import BETWEEN_METHODS, PromptOutcomes, paired_tests
+from safetydrift.report.results import collect_results
+from safetydrift.report.write import write_report
 from safetydrift.stats import REFUSAL
 
 JUDGE = "keywords-kempermann2025"
@@ -274,8 +272,6 @@ def test_figures_draw_each_seed_and_the_mean(three_seeds):
 
 
 def test_figure_4_draws_each_seed_and_a_line_through_the_means(three_seeds):
-    from safetydrift.report import evaluation_sets as sets_report
-
     root, _ = three_seeds
     params = make_params()
     params["evaluations"] = {

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from safetydrift.cells import Cell, parse_cell
+from safetydrift.report.results import CurvePoint, Estimate, GridResults, csv_number
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from safetydrift.report import CurvePoint, Estimate, GridResults
+    # Only a type: `responses` imports this module.
     from safetydrift.report.responses import ResponseResults
 
 SEEDS_CSV = Path("seeds.csv")
@@ -167,10 +168,6 @@ def seed_rows(results: GridResults, responses: ResponseResults) -> list[SeedRow]
     return rows
 
 
-def _number(value: float | int | None) -> str:
-    return "" if value is None else repr(value)
-
-
 def csv_rows(rows: Sequence[SeedRow]) -> list[dict[str, str]]:
     """`seeds.csv`: one row per method, learning rate, checkpoint and metric; `values` lists
     each seed's as SEED=VALUE; a metric no seed has yet is written with empty numbers."""
@@ -188,7 +185,7 @@ def csv_rows(rows: Sequence[SeedRow]) -> list[dict[str, str]]:
                 "seeds": str(0 if s is None else s.n),
                 "of_seeds": str(row.of_seeds),
                 "mean": "" if s is None else repr(s.mean),
-                "sd": "" if s is None else _number(s.sd),
+                "sd": "" if s is None else csv_number(s.sd),
                 "min": "" if s is None else repr(s.low),
                 "max": "" if s is None else repr(s.high),
                 "values": ""
