@@ -30,7 +30,7 @@ from safetydrift.evaluation_sets import (
 from safetydrift.io import read_json
 from safetydrift.markdown import markdown_table, rate_cell
 from safetydrift.report import seeds as seeds_report
-from safetydrift.report.responses import ResponseResults
+from safetydrift.report.responses import ResponseResults, harmful_answer_cell
 from safetydrift.response_classes import RESPONSE_CLASSES
 
 FIG_SETS = Path("figures/fig4_harm_vs_helpfulness.png")
@@ -110,14 +110,6 @@ def _share(entry: Mapping[str, Any] | None) -> str:
     return "—" if not entry or entry.get("share") is None else f"{entry['share']:.3f}"
 
 
-def _harm_cell(point: SetCheckpoint, judge: str | None) -> str:
-    entry = point.harm.get(judge) if judge else None
-    if entry is None:
-        return "—"
-    text = rate_cell(entry["harmful_answer_rate"], entry["ci_low"], entry["ci_high"])
-    return text + (f" ({entry['unknown']} unreadable)" if entry["unknown"] else "")
-
-
 def set_table(results: SetResults, evaluation: str, cells: Sequence[Cell], final: str) -> list[str]:
     """One row per cell at its final checkpoint (the base model: before training)."""
     kind = results.kinds[evaluation]
@@ -141,7 +133,7 @@ def set_table(results: SetResults, evaluation: str, cells: Sequence[Cell], final
                 for r in BENIGN_RATES
             ]
         else:
-            values = [_harm_cell(point, results.harm_judge)]
+            values = [harmful_answer_cell(point.harm, results.harm_judge, missing="—")]
             values += [_share(point.classes.get(c)) for c in RESPONSE_CLASSES]
         suffix = " **collapsed**" if point.collapsed else ""
         rows.append([cell + suffix, point.n, *values])

@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from safetydrift.io import read_json
 from safetydrift.markdown import markdown_table
 from safetydrift.paper import deviations, figures_source, paper_model, published_figures
 from safetydrift.params import flatten, get
+from safetydrift.report import judges as judges_report
 from safetydrift.report import responses as responses_report
 from safetydrift.report import seeds as seeds_report
 from safetydrift.report.figures import FIG1, FIG2
@@ -397,7 +397,7 @@ def responses_section(
 ) -> list[str]:
     """What the responses are, harmful answers, and how far each judge can be trusted.
 
-    `agreement`: `responses.agreement_rows`, whose every cell apart is judge_agreement.csv.
+    `agreement`: `judges.agreement_rows`, whose every cell apart is judge_agreement.csv.
     """
     judge = responses.harm_judge
     per_class = int(get(dict(params), "report.examples_per_class", None) or 2)
@@ -427,11 +427,9 @@ def responses_section(
         "",
         "### Against human labels",
         "",
-        *responses_report.validation_table(
-            _read_optional_json(root / "metrics" / "judge_validation.json")
-        ),
+        *judges_report.validation_table(root / "metrics" / "judge_validation.json"),
         "",
-        *responses_report.review_section(responses, root / "reviews" / "labels.jsonl"),
+        *judges_report.review_section(responses, root / "reviews" / "labels.jsonl"),
         "",
         "### Against each other",
         "",
@@ -456,7 +454,3 @@ def responses_section(
         *responses_report.examples_section(responses, results.final_checkpoint, per_class, judge),
     ]
     return lines
-
-
-def _read_optional_json(path: Path) -> Any:
-    return read_json(path) if path.exists() else None

@@ -11,6 +11,7 @@ from typing import Any
 from safetydrift.io import atomic_path, write_csv, write_json
 from safetydrift.params import get
 from safetydrift.report import evaluation_sets as sets_report
+from safetydrift.report import judges as judges_report
 from safetydrift.report import paired as paired_report
 from safetydrift.report import responses as responses_report
 from safetydrift.report import seeds as seeds_report
@@ -151,7 +152,7 @@ def write_report(
     write_json(paths["plots_template"], dvc_plot_template())
 
     resamples = int(get(params, "report.agreement_resamples", None) or 1000)
-    agreement = responses_report.agreement_rows(responses, results.judges, resamples, seed=0)
+    agreement = judges_report.agreement_rows(responses, results.judges, resamples, seed=0)
     write_csv(
         out_dir / AGREEMENT_CSV,
         [dict(zip(AGREEMENT_FIELDS, row, strict=True)) for row in agreement],
