@@ -58,9 +58,10 @@ def run_once(spec: dict[str, Any]) -> dict[str, Any]:
         list_checkpoints,
     )
     from safetydrift.judges import judge_responses
-    from safetydrift.methods import train_cell, train_settings
     from safetydrift.models import PromptFormat, default_device
     from safetydrift.params import get
+    from safetydrift.training.run import train_cell
+    from safetydrift.training.settings import train_settings
 
     params = spec["params"]
     workspace = Path(spec["workspace"])

@@ -42,7 +42,8 @@ from pathlib import Path
 import yaml
 
 from safetydrift.data import read_pairs
-from safetydrift.methods import train_cell, train_settings
+from safetydrift.training.run import train_cell
+from safetydrift.training.settings import train_settings
 
 EAGER = {
     "compile": False,

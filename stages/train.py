@@ -9,6 +9,9 @@ depends on the same path), and records how many examples `train.max_length` cut.
 
 With `train.num_processes` > 1 the stage reruns itself under `accelerate launch` (DDP, or FSDP
 with `train.distributed: fsdp`); DVC sees the launcher's exit status.
+
+The training is `safetydrift.training` (its package docstring maps the modules); this script
+reads the params, trains, writes training.json and the timings, and logs to MLflow.
 """
 
 import argparse
@@ -24,7 +27,6 @@ from safetydrift import tracking
 from safetydrift.cells import Cell
 from safetydrift.chat_data import data_kind
 from safetydrift.io import atomic_dir, write_json
-from safetydrift.methods import distributed_launch, train_cell, train_settings
 from safetydrift.params import get, load_params
 from safetydrift.process import process_age_seconds
 from safetydrift.stage import (
@@ -37,27 +39,14 @@ from safetydrift.stage import (
     run_stage,
     study_name,
 )
-from safetydrift.training_data import check_method, read_training_examples, train_file
+from safetydrift.training.checkpoints import keep_checkpoints
+from safetydrift.training.examples import check_method, read_training_examples, train_file
+from safetydrift.training.launch import distributed_launch
+from safetydrift.training.run import train_cell
+from safetydrift.training.settings import train_settings
 
 PARAMS = ["train", "methods.{method}", "prompt", "train_data.kind"]
 TRAINER_SCRATCH = ".trainer"
-
-
-def set_aside_intermediate(out_dir: Path, intermediate_dir: Path) -> None:
-    """`train.keep_checkpoints: final`: move every checkpoint but the last out of the output into
-    `intermediate_dir`, with a copy of training.json that ties them to this training."""
-    checkpoints = sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
-    with atomic_dir(intermediate_dir) as tmp:
-        for checkpoint in checkpoints[:-1]:
-            shutil.move(checkpoint, tmp / checkpoint.name)
-        shutil.copy2(out_dir / "training.json", tmp / "training.json")
-
-
-def world_size() -> int:
-    """Processes in the group this one trained in: 1 unless `accelerate launch` started it."""
-    import torch.distributed
-
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def main(
@@ -101,49 +90,16 @@ def main(
         work_dir = tmp_out / TRAINER_SCRATCH
         result = train_cell(settings, BASE_MODEL_DIR, pairs, tmp_out, work_dir, tracker=run)
         shutil.rmtree(work_dir, ignore_errors=True)
-        # What the training did, the same on every rerun of the same inputs: a DVC output.
-        summary = {
-            "cell": cell.name,
-            "method": method,
-            "learning_rate": settings.learning_rate,
-            "seed": settings.seed,
-            # `train.deterministic` and the switches the run had (safetydrift.determinism).
-            "determinism": result.determinism,
-            "steps": result.steps,
-            "examples": result.examples,
-            # Processes that trained together (`train.num_processes`), each accumulating its
-            # share of the effective batch: the steps above are the same for any number.
-            "processes": world_size(),
-            "gradient_accumulation_steps": settings.gradient_accumulation_steps,
-            "final_loss": result.final_loss,
-            "losses": result.losses,
-            "cuda_graphs": None
-            if result.cuda_graphs is None
-            else {"recordings": [c["shape"] for c in result.cuda_graphs["recordings"]]},
-            "checkpoints": result.checkpoints,
-            "keep_checkpoints": settings.keep_checkpoints,
-            "truncation": result.truncation,
-        }
+        summary = result.summary(settings)
         write_json(tmp_out / "training.json", summary)
-        if settings.keep_checkpoints == "final":
-            set_aside_intermediate(tmp_out, INTERMEDIATE_DIR / cell.name)
-        else:
-            # Set aside by an earlier `final` run: this output holds every checkpoint now.
-            shutil.rmtree(INTERMEDIATE_DIR / cell.name, ignore_errors=True)
+        keep_checkpoints(settings.keep_checkpoints, tmp_out, INTERMEDIATE_DIR / cell.name)
         # Where the time went differs on every run, so it stays out of DVC's outputs: MLflow's
-        # metrics and timings/train/CELL.json. A fresh process's time: imports; loading model
-        # and data and building the trainer (compilation happens in the first steps, inside
-        # train_seconds); the whole stage.
+        # metrics and timings/train/CELL.json. A fresh process's time: imports (startup); loading
+        # model and data and building the trainer (setup); training; the whole stage.
         timing = {
             "cell": cell.name,
             "startup_seconds": startup_seconds,
-            "setup_seconds": result.setup_seconds,
-            "train_seconds": result.train_seconds,
-            "examples_per_second": result.examples_per_second,
-            "steady_examples_per_second": result.steady_examples_per_second,
-            "tokens_per_second": result.tokens_per_second,
-            "peak_memory_bytes": result.peak_memory_bytes,
-            "cuda_graphs": result.cuda_graphs,
+            **result.timing(),
             "stage_seconds": elapsed(started),
         }
         run.log_metrics(

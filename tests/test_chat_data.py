@@ -21,11 +21,12 @@ from safetydrift.data import DataError, TranslationPair
 from safetydrift.io import read_jsonl
 from safetydrift.models import ModelError, PromptFormat, load_tokenizer
 from safetydrift.params import ParamError
-from safetydrift.training_data import (
+from safetydrift.training.examples import (
     check_method,
     encode_conversation,
     encode_example,
     fit_to_max_length,
+    sft_rows,
 )
 
 CHAT = FIXTURES / "chat-tiny.jsonl"
@@ -288,8 +289,6 @@ def test_truncation_counts_examples_longer_than_max_length():
 
 
 def test_truncation_counts_the_prompt_format_tokens(llama_tokenizer):
-    from safetydrift.methods import sft_rows
-
     conversations = read_conversations(CHAT)
     rows = sft_rows(conversations, llama_tokenizer, PromptFormat())
     # Independently of our encoding: the chat template's whole rendering, in tokens.

@@ -19,8 +19,9 @@ from safetydrift.generation import (
     build_engine,
     encode_conversations,
 )
-from safetydrift.methods import train_settings, use_cuda_graphs
 from safetydrift.models import load_model, load_tokenizer
+from safetydrift.training.model import use_cuda_graphs
+from safetydrift.training.settings import train_settings
 
 UNRELEASED = ">=999"
 ROOT = Path(__file__).resolve().parents[1]

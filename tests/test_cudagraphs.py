@@ -15,8 +15,10 @@ from conftest import ROOT
 
 from safetydrift.cudagraphs import GraphedBackbone, backbone_of, padded_causal_mask
 from safetydrift.data import read_pairs
-from safetydrift.methods import build_trainer, train_settings, use_cuda_graphs
 from safetydrift.params import ParamError
+from safetydrift.training.model import use_cuda_graphs
+from safetydrift.training.settings import train_settings
+from safetydrift.training.trainer import build_trainer
 
 PARAMS = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 

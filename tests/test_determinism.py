@@ -18,8 +18,10 @@ from safetydrift.generation import (
     generate_for_checkpoints,
     list_checkpoints,
 )
-from safetydrift.methods import train_cell, train_settings, use_compile, use_cuda_graphs
 from safetydrift.params import ParamError
+from safetydrift.training.model import use_compile, use_cuda_graphs
+from safetydrift.training.run import train_cell
+from safetydrift.training.settings import train_settings
 
 PARAMS = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 

@@ -20,10 +20,11 @@ from safetydrift.generation import (
     encode_conversations,
     quantized_base,
 )
-from safetydrift.methods import dpo_rows, sft_rows, train_settings
 from safetydrift.models import ModelError, PromptFormat
 from safetydrift.paper import deviations, published_figures
 from safetydrift.params import ParamError, load_params
+from safetydrift.training.examples import dpo_rows, sft_rows
+from safetydrift.training.settings import train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDIN = SHARED_DATA / "mtpref-standin.jsonl"

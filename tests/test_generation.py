@@ -20,8 +20,9 @@ from safetydrift.generation import (
     list_checkpoints,
     split_at_stop,
 )
-from safetydrift.methods import train_cell, train_settings
 from safetydrift.models import ModelError, load_model, load_tokenizer
+from safetydrift.training.run import train_cell
+from safetydrift.training.settings import train_settings
 
 PARAMS = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 

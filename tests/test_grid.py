@@ -176,7 +176,7 @@ def test_a_worker_without_git_gets_the_pipeline_files_and_the_shared_cache(tmp_p
     make_worker(worker, pipeline_files(project), project, str(cache))
     assert (worker / ".." / "shared").resolve() == (project / ".." / "shared").resolve()
     assert (worker / "dvc.yaml").read_text() == (project / "dvc.yaml").read_text()
-    assert (worker / "src/safetydrift/methods.py").exists()
+    assert (worker / "src/safetydrift/training/run.py").exists()
     shown = subprocess.run(
         [sys.executable, "-m", "dvc", "config", "--local", "--list"],
         cwd=worker,

@@ -12,13 +12,20 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import ROOT, copy_project, stage_env
 from safetensors.torch import load_file
 
 from safetydrift.data import TranslationPair, read_pairs
-from safetydrift.methods import checkpoint_steps, total_steps, train_cell, train_settings
+from safetydrift.models import load_model
 from safetydrift.params import ParamError
+from safetydrift.training.checkpoints import checkpoint_steps, total_steps
+from safetydrift.training.launch import distributed_launch
+from safetydrift.training.model import compile_blocks, use_compile
+from safetydrift.training.run import train_cell
+from safetydrift.training.settings import train_settings
+from safetydrift.training.trainer import build_trainer
 
 PARAMS = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 
@@ -109,8 +116,6 @@ def test_bad_settings_fail_before_training(base_model_dir, tmp_path):
 
 
 def test_qlora_without_cuda_fails_with_a_clear_message(base_model_dir, tmp_path):
-    import torch
-
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: QLoRA runs")
     pairs = [TranslationPair("german", "a", "b", "c")] * 16
@@ -183,10 +188,6 @@ def test_a_killed_train_stage_leaves_nothing_done_and_reruns_cleanly(tmp_path):
 
 
 def test_several_processes_need_as_many_gpus(monkeypatch):
-    import torch
-
-    from safetydrift.methods import distributed_launch
-
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     params = params_with(num_processes=2, per_device_batch_size=1)
     settings = train_settings(params, "full", 1e-4)
@@ -291,8 +292,6 @@ def test_padding_batches_to_a_multiple_leaves_the_loss_unchanged(
 ):
     """Rounding batch lengths up (so that CUDA graphs meet a few shapes) only adds masked
     positions: the collated batches grow to a multiple of 64, the loss curve stays the same."""
-    from safetydrift.methods import build_trainer
-
     pairs = read_pairs(prepared_mtpref / "train.jsonl")[:8]
     padded_settings = train_settings(params_with(pad_to_multiple_of=64), method, 1e-3)
     trainer = build_trainer(padded_settings, base_model_dir, pairs, tmp_path / "work")
@@ -305,11 +304,6 @@ def test_padding_batches_to_a_multiple_leaves_the_loss_unchanged(
 
 
 def test_regional_compilation_compiles_every_decoder_block_in_place(base_model_dir):
-    import torch
-
-    from safetydrift.methods import compile_blocks, use_compile
-    from safetydrift.models import load_model
-
     model = load_model(base_model_dir, dtype="float32")
     names_before = list(model.state_dict())
     assert compile_blocks(model) == model.config.num_hidden_layers

@@ -14,7 +14,7 @@ and `generation.deterministic` trade speed for repeatability. Under them:
   deterministic=True)`.
 
 What else each stage turns off (compilation, CUDA graphs, flash attention) is in its own code:
-`safetydrift.methods` and `safetydrift.generation`.
+`safetydrift.training` and `safetydrift.generation`.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import study_cells
-from safetydrift.methods import checkpoint_fractions, keep_checkpoints_setting
 from safetydrift.params import ParamError, get
+from safetydrift.training.settings import checkpoint_fractions, keep_checkpoints_setting
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 ADAPTER_DTYPE_BYTES = 4  # adapters are trained and saved in float32

@@ -1,5 +1,6 @@
-"""What a train stage trains on, as token ids: MT-Pref translation pairs (`train_data.kind:
-mtpref`) or chat conversations (`chat`), and how many examples `train.max_length` cuts.
+"""What a train stage trains on: MT-Pref translation pairs (`train_data.kind: mtpref`) or chat
+conversations (`chat`), tokenized into TRL's rows (`sft_rows`, `dpo_rows`), and how many
+examples `train.max_length` cuts.
 
 A conversation is encoded as the prompt (every turn before the last, through `prompt.format` with
 the assistant's turn opened) and the completion (the last, the assistant's answer, with its end
@@ -74,6 +75,53 @@ def encode_example(
     if isinstance(example, TranslationPair):
         return prompt_format.encode_exchange(tokenizer, example.source_text, example.chosen)
     return encode_conversation(prompt_format, tokenizer, example.messages)
+
+
+def sft_rows(
+    pairs: Sequence[TrainingExample],
+    tokenizer,
+    prompt_format: PromptFormat,
+    train_on_eos: bool = True,
+) -> list[dict[str, Any]]:
+    """Tokenized rows: `completion_mask` puts TRL's loss on the answer tokens only (and, without
+    `train_on_eos`, not on the eos token that closes the answer, as the authors' pad = eos did)."""
+    prompt_format.check(tokenizer)
+    rows = []
+    for pair in pairs:
+        prompt_ids, completion_ids = encode_example(pair, tokenizer, prompt_format)
+        mask = [0] * len(prompt_ids) + [1] * len(completion_ids)
+        if not train_on_eos:
+            mask = [
+                0 if token == tokenizer.eos_token_id else bit
+                for token, bit in zip(prompt_ids + completion_ids, mask, strict=True)
+            ]
+        rows.append({"input_ids": prompt_ids + completion_ids, "completion_mask": mask})
+    return rows
+
+
+def dpo_rows(
+    pairs: Sequence[TranslationPair], tokenizer, prompt_format: PromptFormat
+) -> list[dict[str, Any]]:
+    """Tokenized preference rows: the prompt ids that the chosen and the rejected exchange share,
+    and each answer's ids after them."""
+    prompt_format.check(tokenizer)
+    rows = []
+    for pair in pairs:
+        prompt_ids, chosen_ids = prompt_format.encode_exchange(
+            tokenizer, pair.source_text, pair.chosen
+        )
+        rejected_prompt_ids, rejected_ids = prompt_format.encode_exchange(
+            tokenizer, pair.source_text, pair.rejected
+        )
+        shared = min(len(prompt_ids), len(rejected_prompt_ids))
+        rows.append(
+            {
+                "prompt_ids": prompt_ids[:shared],
+                "chosen_ids": prompt_ids[shared:] + chosen_ids,
+                "rejected_ids": rejected_prompt_ids[shared:] + rejected_ids,
+            }
+        )
+    return rows
 
 
 @dataclass
