@@ -219,11 +219,12 @@ def test_two_processes_train_one_cell_over_gloo_with_the_same_effective_batch(
     one = train_settings(params_with(per_device_batch_size=1), "full", 1e-3)
     params = params_with(num_processes=2, per_device_batch_size=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stage_args = ["--method", "full", "--lr", "1e-3", "--seed", "42"]
     env = stage_env()
     env["ACCELERATE_USE_CPU"] = "true"
     env.pop("LOCAL_RANK", None)
     done = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "train.py"), "--method", "full", "--lr", "1e-3"],
+        [sys.executable, str(ROOT / "stages" / "train.py"), *stage_args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -231,13 +232,13 @@ def test_two_processes_train_one_cell_over_gloo_with_the_same_effective_batch(
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    info = json.loads((tmp_path / "models" / "full-0.001" / "training.json").read_text())
+    info = json.loads((tmp_path / "models" / "full-0.001-42" / "training.json").read_text())
     assert info["processes"] == 2  # the process group both ranks joined
     assert (one.gradient_accumulation_steps, info["gradient_accumulation_steps"]) == (2, 1)
     rows = len(read_pairs(prepared_mtpref / "train.jsonl"))
     assert info["steps"] == total_steps(rows, one) == 10
     assert [c["step"] for c in info["checkpoints"]] == [3, 5, 8, 10]
-    assert len(list((tmp_path / "models" / "full-0.001").glob("ckpt-*/model.safetensors"))) == 4
+    assert len(list((tmp_path / "models" / "full-0.001-42").glob("ckpt-*/model.safetensors"))) == 4
 
 
 def test_a_diverged_run_fails_instead_of_writing_checkpoints(
