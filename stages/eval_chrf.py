@@ -5,7 +5,7 @@ import argparse
 from typing import Any
 
 from safetydrift import tracking
-from safetydrift.io import write_json
+from safetydrift.files import write_json
 from safetydrift.metrics import chrf_summary
 from safetydrift.params import get, load_params
 from safetydrift.stage import (

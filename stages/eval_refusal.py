@@ -13,7 +13,7 @@ import argparse
 from typing import Any
 
 from safetydrift import tracking
-from safetydrift.io import write_json, write_jsonl
+from safetydrift.files import write_json, write_jsonl
 from safetydrift.judges import judge_responses
 from safetydrift.metrics import refusal_summary, wilson_interval
 from safetydrift.params import get, load_params

@@ -17,6 +17,7 @@ from typing import Any
 from safetydrift import tracking
 from safetydrift.cells import BASE_CELL
 from safetydrift.data import read_advbench, read_pairs
+from safetydrift.files import atomic_dir, write_json, write_jsonl
 from safetydrift.generation import (
     GenerationSettings,
     PromptSettings,
@@ -25,7 +26,6 @@ from safetydrift.generation import (
     import_libraries,
     trained_checkpoints,
 )
-from safetydrift.io import atomic_dir, write_json, write_jsonl
 from safetydrift.models import PromptFormat, default_device
 from safetydrift.params import get, load_params
 from safetydrift.process import process_age_seconds

@@ -25,6 +25,7 @@ from safetydrift.evaluation_sets import (
     METRICS_DIR,
     evaluation_set,
 )
+from safetydrift.files import read_json, read_jsonl, write_json, write_jsonl
 from safetydrift.harm import (
     harmful_answers,
     judge_selected,
@@ -32,7 +33,6 @@ from safetydrift.harm import (
     judged_summary,
     verdict_row,
 )
-from safetydrift.io import read_json, read_jsonl, write_json, write_jsonl
 from safetydrift.judges import judge_responses
 from safetydrift.metrics import refusal_summary
 from safetydrift.model_judges import build_model_judge, judge_specs

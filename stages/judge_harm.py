@@ -21,6 +21,7 @@ import argparse
 from typing import Any
 
 from safetydrift import tracking
+from safetydrift.files import read_jsonl, write_json, write_jsonl
 from safetydrift.harm import (
     harmful_answers,
     judge_selected,
@@ -28,7 +29,6 @@ from safetydrift.harm import (
     judged_summary,
     verdict_row,
 )
-from safetydrift.io import read_jsonl, write_json, write_jsonl
 from safetydrift.model_judges import build_model_judge, judge_specs
 from safetydrift.models import default_device
 from safetydrift.params import get, load_params

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift import tracking
-from safetydrift.io import atomic_dir
+from safetydrift.files import atomic_dir
 from safetydrift.models import ModelSpec, prepare_model
 from safetydrift.params import ParamError, get, load_params
 from safetydrift.stage import JUDGE_MODELS_DIR, declared_params, run_stage, study_name

@@ -9,7 +9,7 @@ from typing import Any
 
 from safetydrift import tracking
 from safetydrift.data import Source, prepare_mtpref
-from safetydrift.io import write_json, write_jsonl
+from safetydrift.files import write_json, write_jsonl
 from safetydrift.params import get, load_params
 from safetydrift.stage import MTPREF_DIR, declared_params, run_stage, study_name
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from safetydrift import tracking
 from safetydrift.chat_data import CHAT_DIR, ChatDataSpec, data_kind, prepare_chat_data
-from safetydrift.io import write_json, write_jsonl
+from safetydrift.files import write_json, write_jsonl
 from safetydrift.params import get, load_params
 from safetydrift.stage import declared_params, run_stage, study_name
 

@@ -7,7 +7,7 @@ grid still running shows its missing cells as missing, never as zero.
 from typing import Any
 
 from safetydrift import tracking
-from safetydrift.io import read_json
+from safetydrift.files import read_json
 from safetydrift.params import load_params
 from safetydrift.report.provenance import collect_provenance
 from safetydrift.report.write import ReportResult, write_report

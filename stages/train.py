@@ -26,7 +26,7 @@ from typing import Any
 from safetydrift import tracking
 from safetydrift.cells import Cell
 from safetydrift.chat_data import data_kind
-from safetydrift.io import atomic_dir, write_json
+from safetydrift.files import atomic_dir, write_json
 from safetydrift.params import get, load_params
 from safetydrift.process import process_age_seconds
 from safetydrift.stage import (

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift import tracking
-from safetydrift.io import write_json
+from safetydrift.files import write_json
 from safetydrift.judge_validation import (
     read_refusal_validation,
     validate_against_labels,

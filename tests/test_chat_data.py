@@ -18,7 +18,7 @@ from safetydrift.chat_data import (
     read_conversations,
 )
 from safetydrift.data import DataError, TranslationPair
-from safetydrift.io import read_jsonl
+from safetydrift.files import read_jsonl
 from safetydrift.models import ModelError, PromptFormat, load_tokenizer
 from safetydrift.params import ParamError
 from safetydrift.training.examples import (

@@ -34,7 +34,7 @@ from safetydrift.check import (
 )
 from safetydrift.cli import main
 from safetydrift.evaluation_sets import BENIGN, HARMFUL
-from safetydrift.io import read_json, read_jsonl
+from safetydrift.files import read_json, read_jsonl
 from safetydrift.model_judges import parse_harmbench
 from safetydrift.params import get, load_params
 

@@ -22,7 +22,7 @@ from safetydrift.compare import (
     compare_to_base,
     read_results,
 )
-from safetydrift.io import read_json, read_jsonl, write_json, write_jsonl
+from safetydrift.files import read_json, read_jsonl, write_json, write_jsonl
 from safetydrift.stats import describe_difference, holm, mcnemar_exact
 
 ADVBENCH = SHARED_DATA / "advbench_harmful_behaviors.csv"

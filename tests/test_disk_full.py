@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import dvc, small_filesystem, smoke_copy, stage_env, tree_bytes
 
-from safetydrift.io import DiskFullError, atomic_dir, is_disk_full
+from safetydrift.files import DiskFullError, atomic_dir, is_disk_full
 
 FULL_CELL, LORA_CELL = "full-0.001", "lora-0.001"
 

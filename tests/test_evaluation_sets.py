@@ -19,7 +19,7 @@ from safetydrift.evaluation_sets import (
     evaluation_set,
     load_prompts,
 )
-from safetydrift.io import read_json, read_jsonl
+from safetydrift.files import read_json, read_jsonl
 from safetydrift.params import ParamError
 
 needs_shared_data = pytest.mark.skipif(

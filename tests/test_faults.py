@@ -25,7 +25,7 @@ from safetydrift.data import (
     check_hub_source,
     prepare_advbench,
 )
-from safetydrift.io import atomic_dir, atomic_path, write_json
+from safetydrift.files import atomic_dir, atomic_path, write_json
 from safetydrift.judges import judge_responses
 from safetydrift.metrics import refusal_summary
 from safetydrift.params import ParamError, boolean

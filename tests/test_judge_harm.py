@@ -8,8 +8,8 @@ import yaml
 from conftest import ROOT, load_stage
 
 from safetydrift.cells import Cell
+from safetydrift.files import read_json, read_jsonl, write_json, write_jsonl
 from safetydrift.harm import judged_classes
-from safetydrift.io import read_json, read_jsonl, write_json, write_jsonl
 from safetydrift.params import ParamError
 from safetydrift.report.responses import collect_responses, lost_safety_parts
 from safetydrift.response_classes import RESPONSE_CLASSES

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.data import DataError, Source, read_source, resolve_hub_revision, sha256_file
-from safetydrift.io import read_jsonl, write_json, write_jsonl
+from safetydrift.files import read_jsonl, write_json, write_jsonl
 
 KINDS = ("mtpref", "chat")
 # Where `prepare_train_data` writes the chat kind's train.jsonl and stats.json; the mtpref kind's

@@ -91,7 +91,7 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _repro(args: argparse.Namespace) -> None:
-    from safetydrift.timing import timed_repro
+    from safetydrift.repro import timed_repro
 
     dvc_args = args.dvc_args[1:] if args.dvc_args[:1] == ["--"] else args.dvc_args
     sys.exit(timed_repro(dvc_args, Path(args.timings)))
@@ -108,7 +108,7 @@ def _restore(args: argparse.Namespace) -> None:
 def _grid(args: argparse.Namespace) -> None:
     from safetydrift.grid import run_grid, write_summary
     from safetydrift.params import get, load_params
-    from safetydrift.timing import markdown_table
+    from safetydrift.repro import markdown_table
 
     jobs = args.jobs if args.jobs is not None else int(get(load_params(), "runtime.jobs", 1))
     if args.estimate:
@@ -140,12 +140,12 @@ def _grid(args: argparse.Namespace) -> None:
 
 
 def _timings(args: argparse.Namespace) -> None:
-    from safetydrift.timing import combine, markdown_table
+    from safetydrift.repro import combine, markdown_table
 
     combined = combine(args.files)
     print(markdown_table(combined))
     if args.output:
-        from safetydrift.io import write_json
+        from safetydrift.files import write_json
 
         write_json(args.output, combined)
 
@@ -164,7 +164,7 @@ def _compare(args: argparse.Namespace) -> None:
     report = compare_paths(args.a, args.b, settings, judges=args.judge)
     print(format_table(report))
     if args.json:
-        from safetydrift.io import write_json
+        from safetydrift.files import write_json
 
         write_json(args.json, report.to_dict())
 

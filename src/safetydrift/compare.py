@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import BASE_CELL, Cell, cell_name, checkpoint_label, parse_cell, seed_value
-from safetydrift.io import read_json, read_jsonl
+from safetydrift.files import read_json, read_jsonl
 from safetydrift.judges import canonical_judge_name
 from safetydrift.params import PARAMS_FILE, get, load_params
 from safetydrift.stats import (

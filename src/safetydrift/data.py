@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetydrift.io import parse_csv, read_csv, read_jsonl, write_json, write_jsonl
+from safetydrift.files import parse_csv, read_csv, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from safetydrift.data import (
     read_source,
     require_columns,
 )
-from safetydrift.io import read_json, write_jsonl
+from safetydrift.files import read_json, write_jsonl
 from safetydrift.params import ParamError, get
 
 HARMFUL = "harmful"

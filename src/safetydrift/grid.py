@@ -51,7 +51,7 @@ from typing import Any, TextIO
 from safetydrift.cells import BASE_CELL, grid_seeds, study_cells
 from safetydrift.disk import DiskEstimate, describe, estimate, refuse_if_short
 from safetydrift.evaluation_sets import evaluation_names
-from safetydrift.io import write_json
+from safetydrift.files import write_json
 from safetydrift.params import get, load_params
 from safetydrift.stage import INTERMEDIATE_DIR
 from safetydrift.tracking import tracking_uri
@@ -780,7 +780,7 @@ def _finish(done: list[Job], placement: Placement, started: float) -> GridRun:
 def write_summary(run: GridRun, path: Path) -> dict[str, Any]:
     """The grid's end-to-end wall time beside every stage's, as `safetydrift timings` sums them,
     and where each cell ran."""
-    from safetydrift.timing import combine
+    from safetydrift.repro import combine
 
     files = [job.timings for job in run.jobs if job.timings is not None and job.timings.exists()]
     combined = combine(files)

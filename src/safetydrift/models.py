@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.compat import fast_path_verified
-from safetydrift.io import atomic_dir, write_json
+from safetydrift.files import atomic_dir, write_json
 from safetydrift.params import boolean
 
 log = logging.getLogger(__name__)

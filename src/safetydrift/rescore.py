@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from safetydrift.io import read_csv, read_jsonl, write_csv, write_jsonl
+from safetydrift.files import read_csv, read_jsonl, write_csv, write_jsonl
 from safetydrift.judges import Verdict, get_judge, judge_responses
 from safetydrift.metrics import chrf_summary, refusal_summary
 from safetydrift.response_classes import (

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safetydrift.io import read_jsonl, write_csv, write_jsonl
+from safetydrift.files import read_jsonl, write_csv, write_jsonl
 from safetydrift.judge_validation import validate_against_labels
 from safetydrift.judges import REFUSAL
 from safetydrift.metrics import wilson_interval

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import BASE_CELL, parse_cell
-from safetydrift.io import DiskFullError, read_json, read_jsonl
+from safetydrift.files import DiskFullError, read_json, read_jsonl
 from safetydrift.params import PARAMS_FILE, ParamError, get, load_params, select
 from safetydrift.process import enable_bytecode_cache, exit_now
 from safetydrift.tracking import FALLBACK_PARAM, TrackingError, set_fallback

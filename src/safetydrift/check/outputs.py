@@ -11,7 +11,7 @@ from typing import Any
 from safetydrift.check.decision import Assessment, describe_test, metric_text, signed
 from safetydrift.check.responses import BASE, TUNED, SetResponses
 from safetydrift.check.settings import CheckError
-from safetydrift.io import write_json, write_jsonl
+from safetydrift.files import write_json, write_jsonl
 from safetydrift.markdown import markdown_table, p_cell, rate_cell
 
 CHECK_JSON = "check.json"

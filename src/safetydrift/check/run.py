@@ -21,8 +21,8 @@ from safetydrift.check.outputs import PROMPTS_DIR, write_outputs
 from safetydrift.check.plan import CheckOptions, Plan, plan_check
 from safetydrift.check.responses import BASE, TUNED, SetResponses
 from safetydrift.data import read_advbench
+from safetydrift.files import atomic_dir
 from safetydrift.generation import Checkpoint, generate_for_checkpoints, import_libraries
-from safetydrift.io import atomic_dir
 from safetydrift.lockfile import package_versions
 from safetydrift.model_judges import build_model_judge
 

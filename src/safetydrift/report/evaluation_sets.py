@@ -27,7 +27,7 @@ from safetydrift.evaluation_sets import (
     evaluation_names,
     evaluation_set,
 )
-from safetydrift.io import read_json
+from safetydrift.files import read_json
 from safetydrift.markdown import markdown_table, rate_cell
 from safetydrift.report import seeds as seeds_report
 from safetydrift.report.responses import ResponseResults, harmful_answer_cell

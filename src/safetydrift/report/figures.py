@@ -12,7 +12,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from safetydrift.io import atomic_path
+from safetydrift.files import atomic_path
 from safetydrift.report import paired as paired_report
 from safetydrift.report import seeds as seeds_report
 from safetydrift.report.results import CHRF, REFUSAL, Estimate, GridResults, lr_curves

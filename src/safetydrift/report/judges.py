@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safetydrift.io import read_json
+from safetydrift.files import read_json
 from safetydrift.judge_validation import pairwise_agreement
 from safetydrift.markdown import markdown_table, rate_cell
 from safetydrift.report.responses import ResponseResults

@@ -28,7 +28,7 @@ from typing import Any
 
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
 from safetydrift.compare import Settings, read_results
-from safetydrift.io import read_jsonl
+from safetydrift.files import read_jsonl
 from safetydrift.judges import canonical_judge_name
 from safetydrift.markdown import markdown_table, p_cell
 from safetydrift.params import ParamError, get

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
-from safetydrift.io import read_json, read_jsonl
+from safetydrift.files import read_json, read_jsonl
 from safetydrift.markdown import markdown_table, rate_cell
 from safetydrift.params import ParamError, get
 from safetydrift.report import seeds as seeds_report

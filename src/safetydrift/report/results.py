@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label, study_cells
-from safetydrift.io import read_json
+from safetydrift.files import read_json
 from safetydrift.params import ParamError, get
 
 DEFAULT_FIXED_LR = 5e-5

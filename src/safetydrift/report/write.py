@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetydrift.io import atomic_path, write_csv, write_json
+from safetydrift.files import atomic_path, write_csv, write_json
 from safetydrift.params import get
 from safetydrift.report import evaluation_sets as sets_report
 from safetydrift.report import judges as judges_report

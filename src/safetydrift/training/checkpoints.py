@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import checkpoint_label
-from safetydrift.io import atomic_dir, write_json
+from safetydrift.files import atomic_dir, write_json
 from safetydrift.params import ParamError
 from safetydrift.training.settings import TrainSettings
 

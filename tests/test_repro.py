@@ -7,7 +7,7 @@ import sys
 
 from conftest import copy_project, stage_env
 
-from safetydrift.timing import markdown_table, stage_durations, summarize
+from safetydrift.repro import markdown_table, stage_durations, summarize
 
 DVC_OUTPUT = [
     (0.0, "Stage 'prepare_mtpref' didn't change, skipping\n"),

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from safetydrift.io import write_json
+from safetydrift.files import write_json
 from safetydrift.restore import report_restored, restore_uncached_outputs
 
 RUNNING = re.compile(r"Running stage '([^']+)'")
