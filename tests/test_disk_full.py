@@ -15,7 +15,7 @@ from conftest import dvc, small_filesystem, smoke_copy, stage_env, tree_bytes
 
 from safetydrift.files import DiskFullError, atomic_dir, is_disk_full
 
-FULL_CELL, LORA_CELL = "full-0.001", "lora-0.001"
+FULL_CELL, LORA_CELL = "full-0.001-42", "lora-0.001-42"
 
 
 def run_cli(project: Path, *args: str) -> subprocess.CompletedProcess:

@@ -141,7 +141,7 @@ def test_the_grid_restores_its_workers_stages_without_running_them_again(smoke_p
     # Ray, started for the run on this machine alone, ran every cell; no GPU to share here.
     assert summary["gpus_per_cell"] == 0
     assert {cell: where["node"] for cell, where in summary["placement"].items()} == {
-        "base": "127.0.0.1", "full-0.001": "127.0.0.1", "lora-0.001": "127.0.0.1"
+        "base": "127.0.0.1", "full-0.001-42": "127.0.0.1", "lora-0.001-42": "127.0.0.1"
     }  # fmt: skip
     # Run one after another, the same stages would take their sum; side by side, less.
     assert 0 < summary["elapsed_seconds"] < summary["wall_seconds"]
