@@ -19,7 +19,8 @@ from safetydrift.disk import (
     parameter_count,
     refuse_if_short,
 )
-from safetydrift.grid import default_cells, make_worker, pipeline_files
+from safetydrift.grid.plan import default_cells
+from safetydrift.grid.workspaces import make_worker, pipeline_files
 
 SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 FULL_CELL, LORA_CELL = "full-0.001-42", "lora-0.001-42"

@@ -16,26 +16,22 @@ import pytest
 import yaml
 from conftest import copy_project, dvc, stage_env
 
-from safetydrift.grid import (
-    NODE_CACHE,
-    WORKERS_DIR,
-    Job,
-    Output,
+from safetydrift.grid.jobs import Job, Output, keep_attempt, ran_out_of_gpu_memory
+from safetydrift.grid.placement import (
     cells_at_once,
     check_cluster,
-    default_cells,
     gpus_per_cell,
-    grid_jobs,
-    keep_attempt,
-    make_worker,
-    pipeline_files,
-    prepare_stages,
-    ran_out_of_gpu_memory,
-    restore_cell,
-    run_cells,
-    slowest_first,
     start_ray,
     visible_gpus,
+)
+from safetydrift.grid.plan import default_cells, grid_jobs, prepare_stages, slowest_first
+from safetydrift.grid.ray_tasks import run_cells
+from safetydrift.grid.workspaces import (
+    NODE_CACHE,
+    WORKERS_DIR,
+    make_worker,
+    pipeline_files,
+    restore_cell,
     workspace_files,
 )
 from safetydrift.params import ParamError
@@ -165,7 +161,7 @@ def test_a_worker_without_git_gets_the_pipeline_files_and_the_shared_cache(tmp_p
     project = copy_project(tmp_path / "project")
     shutil.rmtree(project / ".git")  # e.g. a tarball of the repository on a GPU machine
     files = {str(path) for path in workspace_files(project)}
-    assert {"stages/train.py", "src/safetydrift/grid.py", "presets/smoke.yaml"} <= files
+    assert {"stages/train.py", "src/safetydrift/grid/workspaces.py", "presets/smoke.yaml"} <= files
     assert not any(name.startswith(("models/", "data/", ".dvc/cache")) for name in files)
 
     monkeypatch.setenv("PATH", stage_env()["PATH"])

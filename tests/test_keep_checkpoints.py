@@ -6,7 +6,7 @@ import subprocess
 
 from conftest import dvc, smoke_copy
 
-from safetydrift.grid import delete_intermediate_checkpoints
+from safetydrift.grid.workspaces import delete_intermediate_checkpoints
 
 LORA_CELL = "lora-0.001-42"  # the smoke preset: one learning rate, `grid.seeds: [42]`
 

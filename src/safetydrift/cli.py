@@ -106,14 +106,14 @@ def _restore(args: argparse.Namespace) -> None:
 
 
 def _grid(args: argparse.Namespace) -> None:
-    from safetydrift.grid import run_grid, write_summary
+    from safetydrift.grid.run import run_grid, write_summary
     from safetydrift.params import get, load_params
     from safetydrift.repro import markdown_table
 
     jobs = args.jobs if args.jobs is not None else int(get(load_params(), "runtime.jobs", 1))
     if args.estimate:
         from safetydrift.disk import describe
-        from safetydrift.grid import disk_estimate
+        from safetydrift.grid.run import disk_estimate
 
         print(describe(disk_estimate(Path.cwd(), args.cells, jobs)))
         return
