@@ -186,6 +186,26 @@ def test_mlflow_store_holds_a_run_per_stage_cell(smoke_project):
     assert sorted(m.step for m in steps) == [25, 50, 75, 100]
 
 
+CELL_STAGES = (
+    "train",
+    "generate_refusal",
+    "eval_refusal",
+    "judge_harm",
+    "generate_chrf",
+    "eval_chrf",
+)
+
+
+def cell_stages(cells, evaluations) -> set[str]:
+    """Every stage of these cells: their own, and each evaluation set's at each of them."""
+    return {f"{stage}@{cell}" for cell in cells for stage in CELL_STAGES} | {
+        f"{stage}@{name}-{cell}"
+        for cell in cells
+        for name in evaluations
+        for stage in ("generate_evaluation", "judge_evaluation")
+    }
+
+
 def test_one_learning_rate_changes_only_its_cells(smoke_project):
     params_file = smoke_project / "params.yaml"
     original = params_file.read_text()
@@ -195,23 +215,7 @@ def test_one_learning_rate_changes_only_its_cells(smoke_project):
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         changed = changed_stages(smoke_project)
         new_cells = {f"{m}-0.002-42" for m in params["grid"]["methods"]}
-        expected = {
-            f"{stage}@{cell}"
-            for cell in new_cells
-            for stage in (
-                "train",
-                "generate_refusal",
-                "eval_refusal",
-                "judge_harm",
-                "generate_chrf",
-                "eval_chrf",
-            )
-        } | {
-            f"{stage}@{name}-{cell}"
-            for cell in new_cells
-            for name in params["evaluations"]["run"]
-            for stage in ("generate_evaluation", "judge_evaluation")
-        }
+        expected = cell_stages(new_cells, params["evaluations"]["run"])
         # The report declares `grid`: it is redrawn for the new rate, nothing else reruns.
         assert changed == expected | {"report"}
         assert not any(
@@ -219,16 +223,6 @@ def test_one_learning_rate_changes_only_its_cells(smoke_project):
         )
     finally:
         params_file.write_text(original)
-
-
-CELL_STAGES = (
-    "train",
-    "generate_refusal",
-    "eval_refusal",
-    "judge_harm",
-    "generate_chrf",
-    "eval_chrf",
-)
 
 
 def test_adding_a_seed_changes_only_its_cells(smoke_project):
@@ -241,12 +235,7 @@ def test_adding_a_seed_changes_only_its_cells(smoke_project):
         params["grid"]["seeds"] = [42, 7]
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         new_cells = {f"{m}-0.001-7" for m in params["grid"]["methods"]}
-        expected = {f"{stage}@{cell}" for cell in new_cells for stage in CELL_STAGES} | {
-            f"{stage}@{name}-{cell}"
-            for cell in new_cells
-            for name in params["evaluations"]["run"]
-            for stage in ("generate_evaluation", "judge_evaluation")
-        }
+        expected = cell_stages(new_cells, params["evaluations"]["run"])
         # The new seed's cells, and the report (it declares `grid`); seed 42's cells, trained
         # and judged, stay as they are.
         newly = changed_stages(smoke_project) - before
