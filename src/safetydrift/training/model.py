@@ -11,7 +11,11 @@ from typing import Any
 
 from safetydrift.compat import fast_path_verified
 from safetydrift.params import ParamError
-from safetydrift.training.settings import TrainSettings, cuda_graph_obstacles
+from safetydrift.training.settings import (
+    GRAPHED_BY_DEFAULT,
+    TrainSettings,
+    cuda_graph_obstacles,
+)
 
 # torch, transformers and PEFT are imported where they are used (import cost:
 # safetydrift/training/__init__.py).
@@ -35,8 +39,9 @@ def use_compile(settings: TrainSettings) -> bool:
 
 
 def use_cuda_graphs(settings: TrainSettings) -> bool:
-    """`auto` records where it applies: a CUDA GPU, full or LoRA, one process, padded lengths,
-    and library versions the recording was verified with (`safetydrift.compat`)."""
+    """`auto` records where it applies: a CUDA GPU, full or LoRA (`GRAPHED_BY_DEFAULT`), one
+    process, padded lengths, and library versions the recording was verified with
+    (`safetydrift.compat`); `true` also records QLoRA."""
     if settings.cuda_graphs == "off" or settings.deterministic:
         return False
     if not fast_path_verified("cudagraphs"):
@@ -48,7 +53,11 @@ def use_cuda_graphs(settings: TrainSettings) -> bool:
                 "set it to auto or false"
             )
         return True
-    return cuda_available() and not cuda_graph_obstacles(settings)
+    return (
+        settings.method in GRAPHED_BY_DEFAULT
+        and cuda_available()
+        and not cuda_graph_obstacles(settings)
+    )
 
 
 def compile_blocks(model, mode: str = "default") -> int:

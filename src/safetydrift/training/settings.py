@@ -20,9 +20,11 @@ METHODS = ("full", "lora", "qlora", "dpo")
 # `train.pad_to_multiple_of`, so that a run meets a few lengths instead of one per batch.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-# Methods whose decoder `train.cuda_graphs` records: TRL's SFT, one forward a step. DPO's paired
-# forwards and QLoRA's 4-bit layers have not been measured with it.
-GRAPHED_METHODS = ("full", "lora")
+# Methods whose decoder `train.cuda_graphs` can record: TRL's SFT, one forward a step (DPO's
+# paired forwards are not). `auto` records only where it was measured to pay: QLoRA's 4-bit layers
+# record when asked with `true` (benchmarks/RESULTS.md, "QLoRA under CUDA graphs").
+GRAPHED_METHODS = ("full", "lora", "qlora")
+GRAPHED_BY_DEFAULT = ("full", "lora")
 MASTER_DTYPES = ("float32", "bfloat16")
 # `train.keep_checkpoints`: every checkpoint's weights stay in the train stage's DVC output
 # (`all`, for audits), or only the final one's (`final`): the others are set aside until their
@@ -280,7 +282,7 @@ def switch_setting(value: Any, key: str, method: str) -> str:
 def cuda_graph_obstacles(settings: TrainSettings) -> list[str]:
     """Why the decoder cannot be recorded as CUDA graphs with these settings (none: it can)."""
     obstacles = {
-        f"CUDA graphs are for {' and '.join(GRAPHED_METHODS)} only (set "
+        f"CUDA graphs are for {', '.join(GRAPHED_METHODS)} only (set "
         f"`methods.{settings.method}.cuda_graphs: false`)": settings.method not in GRAPHED_METHODS,
         "`train.pad_to_multiple_of` is null (every batch length would be a new recording; "
         "use e.g. 64)": settings.pad_to_multiple_of is None,
