@@ -51,12 +51,10 @@ MODES = ("fast", "deterministic")
 def run_once(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one cell, then generate and judge at its final checkpoint; what both runs compare."""
     from safetydrift.data import read_advbench, read_pairs
-    from safetydrift.generation import (
-        GenerationSettings,
-        PromptSettings,
-        generate_for_checkpoints,
-        list_checkpoints,
-    )
+    from safetydrift.generation.checkpoints import list_checkpoints
+    from safetydrift.generation.prompts import PromptSettings
+    from safetydrift.generation.run import generate_for_checkpoints
+    from safetydrift.generation.settings import GenerationSettings
     from safetydrift.judges import judge_responses
     from safetydrift.models import PromptFormat, default_device
     from safetydrift.params import get

@@ -18,14 +18,10 @@ from safetydrift import tracking
 from safetydrift.cells import BASE_CELL
 from safetydrift.data import read_advbench, read_pairs
 from safetydrift.files import atomic_dir, write_json, write_jsonl
-from safetydrift.generation import (
-    GenerationSettings,
-    PromptSettings,
-    base_checkpoint,
-    generate_for_checkpoints,
-    import_libraries,
-    trained_checkpoints,
-)
+from safetydrift.generation.checkpoints import base_checkpoint, trained_checkpoints
+from safetydrift.generation.prompts import PromptSettings
+from safetydrift.generation.run import generate_for_checkpoints, import_libraries
+from safetydrift.generation.settings import GenerationSettings
 from safetydrift.models import PromptFormat, default_device
 from safetydrift.params import get, load_params
 from safetydrift.process import process_age_seconds

@@ -12,13 +12,9 @@ import torch
 import yaml
 
 from safetydrift import compat
-from safetydrift.generation import (
-    GenerationSettings,
-    HFEngine,
-    StaticEngine,
-    build_engine,
-    encode_conversations,
-)
+from safetydrift.generation.engines import HFEngine, StaticEngine, build_engine
+from safetydrift.generation.prompts import encode_conversations
+from safetydrift.generation.settings import GenerationSettings
 from safetydrift.models import load_model, load_tokenizer
 from safetydrift.training.model import use_cuda_graphs
 from safetydrift.training.settings import train_settings

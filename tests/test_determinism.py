@@ -12,12 +12,9 @@ from conftest import ROOT
 from safetensors.torch import load_file
 
 from safetydrift.data import read_pairs
-from safetydrift.generation import (
-    GenerationSettings,
-    base_checkpoint,
-    generate_for_checkpoints,
-    list_checkpoints,
-)
+from safetydrift.generation.checkpoints import base_checkpoint, list_checkpoints
+from safetydrift.generation.run import generate_for_checkpoints
+from safetydrift.generation.settings import GenerationSettings
 from safetydrift.params import ParamError
 from safetydrift.training.model import use_compile, use_cuda_graphs
 from safetydrift.training.run import train_cell

@@ -13,13 +13,9 @@ from conftest import FIXTURES, SHARED_DATA, load_stage
 from transformers import AutoTokenizer
 
 from safetydrift.data import DataError, TranslationPair, split_authors
-from safetydrift.generation import (
-    Checkpoint,
-    GenerationSettings,
-    PromptSettings,
-    encode_conversations,
-    quantized_base,
-)
+from safetydrift.generation.checkpoints import Checkpoint, quantized_base
+from safetydrift.generation.prompts import PromptSettings, encode_conversations
+from safetydrift.generation.settings import GenerationSettings
 from safetydrift.models import ModelError, PromptFormat
 from safetydrift.paper import deviations, published_figures
 from safetydrift.params import ParamError, load_params

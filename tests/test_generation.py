@@ -8,18 +8,11 @@ import yaml
 from conftest import ROOT
 
 from safetydrift.data import read_pairs
-from safetydrift.generation import (
-    GenerationSettings,
-    HFEngine,
-    ModelHolder,
-    PromptSettings,
-    base_checkpoint,
-    encode_conversations,
-    eos_token_ids,
-    generate_for_checkpoints,
-    list_checkpoints,
-    split_at_stop,
-)
+from safetydrift.generation.checkpoints import ModelHolder, base_checkpoint, list_checkpoints
+from safetydrift.generation.engines import HFEngine, eos_token_ids, split_at_stop
+from safetydrift.generation.prompts import PromptSettings, encode_conversations
+from safetydrift.generation.run import generate_for_checkpoints
+from safetydrift.generation.settings import GenerationSettings
 from safetydrift.models import ModelError, load_model, load_tokenizer
 from safetydrift.training.run import train_cell
 from safetydrift.training.settings import train_settings

@@ -302,7 +302,7 @@ def test_run_time_settings_rerun_nothing(smoke_project):
 
 
 def test_editing_the_prompt_code_makes_the_generations_stale(smoke_project):
-    module = smoke_project / "src" / "safetydrift" / "generation.py"
+    module = smoke_project / "src" / "safetydrift" / "generation" / "prompts.py"
     original = module.read_text()
     before = changed_stages(smoke_project)  # what earlier tests of this module left stale
     try:

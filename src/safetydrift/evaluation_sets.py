@@ -40,7 +40,7 @@ KINDS = (HARMFUL, BENIGN)
 ADVBENCH_SET = "advbench"
 RUN_KEY = "evaluations.run"
 SETS_KEY = "evaluations.sets"
-# How each set's prompts are framed: `safetydrift.generation.PromptSettings`'s fields.
+# How each set's prompts are framed: `safetydrift.generation.prompts.PromptSettings`'s fields.
 FRAMING_KEYS = ("prefix", "suffix", "base_suffix", "system_prompt", "subset", "subset_seed")
 SOURCE_KEYS = ("kind", "source", "revision", "split", "config")
 COLUMN_KEYS = ("prompt_column", "context_column", "id_column", "filter")

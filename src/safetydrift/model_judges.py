@@ -2,7 +2,7 @@
 
 The keyword judges (`safetydrift.judges`) measure refusal; the field measures harm with models.
 Two judges, each loading its model once and generating greedily and batched with the project's
-engines (`hf` or `static`, `safetydrift.generation`) on the judge model's own chat template:
+engines (`hf` or `static`, `safetydrift.generation.engines`) on the judge model's own chat template:
 
 - `strongreject-rubric`: the StrongREJECT rubric (Souly et al. 2024), read from the published
   files (`rubric_system.txt`, `rubric_user.txt`); score = (1 - refused) x (convincing + specific
@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetydrift.generation import GenerationSettings, build_engine
+from safetydrift.generation.engines import build_engine
+from safetydrift.generation.settings import GenerationSettings
 from safetydrift.metrics import wilson_interval
 from safetydrift.models import DTYPES, ModelError, ModelSpec, default_device, load_source
 from safetydrift.params import ParamError, get

@@ -19,7 +19,7 @@ from safetydrift.check.settings import (
     check_sets,
     load_settings,
 )
-from safetydrift.generation import GenerationSettings
+from safetydrift.generation.settings import GenerationSettings
 from safetydrift.model_judges import JudgeModelSpec
 from safetydrift.models import DTYPES, PromptFormat, default_device
 from safetydrift.params import get

@@ -22,7 +22,8 @@ from safetydrift.check.plan import CheckOptions, Plan, plan_check
 from safetydrift.check.responses import BASE, TUNED, SetResponses
 from safetydrift.data import read_advbench
 from safetydrift.files import atomic_dir
-from safetydrift.generation import Checkpoint, generate_for_checkpoints, import_libraries
+from safetydrift.generation.checkpoints import Checkpoint
+from safetydrift.generation.run import generate_for_checkpoints, import_libraries
 from safetydrift.lockfile import package_versions
 from safetydrift.model_judges import build_model_judge
 

@@ -20,7 +20,7 @@ from safetydrift.evaluation_sets import (
     evaluation_set,
     prepare_prompts,
 )
-from safetydrift.generation import PromptSettings
+from safetydrift.generation.prompts import PromptSettings
 from safetydrift.harm import judged_classes
 from safetydrift.judges import canonical_judge_name, judge_names
 from safetydrift.params import ParamError, get, load_params
