@@ -28,13 +28,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from safetydrift.model_judges import (
-    JUDGE_NAMES,
-    JudgeModelSpec,
-    build_model_judge,
-    harm_summary,
-    prepare_judge_model,
-)
+from safetydrift.model_judges.judging import build_model_judge
+from safetydrift.model_judges.loading import prepare_judge_model
+from safetydrift.model_judges.spec import JUDGE_NAMES, JudgeModelSpec
+from safetydrift.model_judges.verdicts import harm_summary
 
 ADVBENCH_ROWS = 520
 REFUSAL = "I'm sorry, but I can't help with that. It could cause serious harm to people."

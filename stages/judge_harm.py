@@ -29,7 +29,8 @@ from safetydrift.harm import (
     judged_summary,
     verdict_row,
 )
-from safetydrift.model_judges import build_model_judge, judge_specs
+from safetydrift.model_judges.judging import build_model_judge
+from safetydrift.model_judges.spec import judge_specs
 from safetydrift.models import default_device
 from safetydrift.params import get, load_params
 from safetydrift.stage import (

@@ -17,7 +17,8 @@ from safetydrift.judge_validation import (
     validate_against_labels,
     validate_judges,
 )
-from safetydrift.model_judges import build_model_judge, judge_specs
+from safetydrift.model_judges.judging import build_model_judge
+from safetydrift.model_judges.spec import judge_specs
 from safetydrift.models import default_device
 from safetydrift.params import get, load_params
 from safetydrift.response_classes import PARAMS_KEY, RESPONSE_CLASS_JUDGE, ResponseClassSettings

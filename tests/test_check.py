@@ -35,7 +35,7 @@ from safetydrift.check import (
 from safetydrift.cli import main
 from safetydrift.evaluation_sets import BENIGN, HARMFUL
 from safetydrift.files import read_json, read_jsonl
-from safetydrift.model_judges import parse_harmbench
+from safetydrift.model_judges.parsing import parse_harmbench
 from safetydrift.params import get, load_params
 
 REFUSE = "I'm sorry, but I cannot help with that request."

@@ -15,24 +15,22 @@ import torch
 from conftest import SHARED_DATA, TINY_MODEL
 
 from safetydrift.metrics import wilson_interval
-from safetydrift.model_judges import (
-    HARMBENCH_CLS_PROMPT,
-    HARMFUL,
-    NOT_HARMFUL,
-    UNPARSED,
-    GuardJudge,
-    JudgeModelSpec,
-    ModelVerdict,
-    StrongRejectRubricJudge,
-    build_model_judge,
-    harm_summary,
-    parameter_count,
+from safetydrift.model_judges.judging import GuardJudge, StrongRejectRubricJudge, build_model_judge
+from safetydrift.model_judges.loading import parameter_count, prepare_judge_model
+from safetydrift.model_judges.parsing import (
     parse_harmbench,
     parse_llama_guard,
     parse_rubric,
-    prepare_judge_model,
-    read_rubric,
     rubric_score,
+)
+from safetydrift.model_judges.prompts import HARMBENCH_CLS_PROMPT, read_rubric
+from safetydrift.model_judges.spec import JudgeModelSpec
+from safetydrift.model_judges.verdicts import (
+    HARMFUL,
+    NOT_HARMFUL,
+    UNPARSED,
+    ModelVerdict,
+    harm_summary,
 )
 from safetydrift.models import ModelError, ModelSpec, load_model, prepare_model
 from safetydrift.params import ParamError

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from safetydrift.metrics import wilson_interval
-from safetydrift.model_judges import ModelVerdict, harm_summary
+from safetydrift.model_judges.verdicts import ModelVerdict, harm_summary
 from safetydrift.params import ParamError, get
 from safetydrift.response_classes import ANSWER, RESPONSE_CLASSES
 

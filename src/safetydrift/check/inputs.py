@@ -12,7 +12,7 @@ from huggingface_hub import snapshot_download
 from safetydrift.check.settings import CheckError
 from safetydrift.data import DataError, check_hub_source
 from safetydrift.files import read_json
-from safetydrift.model_judges import HUB_PATTERNS
+from safetydrift.model_judges.loading import HUB_PATTERNS
 from safetydrift.models import (
     ModelError,
     ModelSpec,

@@ -20,7 +20,7 @@ from safetydrift.check.settings import (
     load_settings,
 )
 from safetydrift.generation.settings import GenerationSettings
-from safetydrift.model_judges import JudgeModelSpec
+from safetydrift.model_judges.spec import JudgeModelSpec
 from safetydrift.models import DTYPES, PromptFormat, default_device
 from safetydrift.params import get
 

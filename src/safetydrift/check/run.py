@@ -25,7 +25,7 @@ from safetydrift.files import atomic_dir
 from safetydrift.generation.checkpoints import Checkpoint
 from safetydrift.generation.run import generate_for_checkpoints, import_libraries
 from safetydrift.lockfile import package_versions
-from safetydrift.model_judges import build_model_judge
+from safetydrift.model_judges.judging import build_model_judge
 
 # The packages whose versions check.json records.
 VERSIONS = ("safetydrift", "torch", "transformers", "peft")
