@@ -23,7 +23,8 @@ from safetydrift.compare import (
     read_results,
 )
 from safetydrift.files import read_json, read_jsonl, write_json, write_jsonl
-from safetydrift.stats import describe_difference, holm, mcnemar_exact
+from safetydrift.stats.comparison import describe_difference, holm
+from safetydrift.stats.rates import mcnemar_exact
 
 ADVBENCH = SHARED_DATA / "advbench_harmful_behaviors.csv"
 MTPREF_TINY = Path(__file__).parent / "fixtures" / "mtpref-tiny.jsonl"

@@ -22,7 +22,7 @@ from safetydrift.report.figures import lr_curves_figure, tradeoff_figure
 from safetydrift.report.paired import BETWEEN_METHODS, PromptOutcomes, paired_tests
 from safetydrift.report.results import collect_results
 from safetydrift.report.write import write_report
-from safetydrift.stats import REFUSAL
+from safetydrift.stats.comparison import REFUSAL
 
 JUDGE = "keywords-kempermann2025"
 HARM_JUDGE = "guard"

@@ -24,7 +24,7 @@ from safetydrift.cells import BASE_CELL, Cell, cell_name, checkpoint_label, pars
 from safetydrift.files import read_json, read_jsonl
 from safetydrift.judges import canonical_judge_name
 from safetydrift.params import PARAMS_FILE, get, load_params
-from safetydrift.stats import (
+from safetydrift.stats.comparison import (
     CHRF,
     REFUSAL,
     Comparison,

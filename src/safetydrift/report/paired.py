@@ -33,7 +33,7 @@ from safetydrift.judges import canonical_judge_name
 from safetydrift.markdown import markdown_table, p_cell
 from safetydrift.params import ParamError, get
 from safetydrift.response_classes import ANSWER
-from safetydrift.stats import (
+from safetydrift.stats.comparison import (
     CHRF,
     HARMFUL_ANSWER,
     REFUSAL,
