@@ -13,7 +13,7 @@ from conftest import ROOT
 from matplotlib.figure import Figure
 
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
-from safetydrift.compare import Settings
+from safetydrift.compare.pairing import Settings
 from safetydrift.paper import paper_model
 from safetydrift.params import load_params
 from safetydrift.report import evaluation_sets as sets_report

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
-from safetydrift.compare import Settings, read_results
+from safetydrift.compare.pairing import Settings
+from safetydrift.compare.results import read_results
 from safetydrift.files import read_jsonl
 from safetydrift.judges import canonical_judge_name
 from safetydrift.markdown import markdown_table, p_cell
