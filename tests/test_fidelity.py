@@ -12,7 +12,8 @@ import pytest
 from conftest import FIXTURES, SHARED_DATA, load_stage
 from transformers import AutoTokenizer
 
-from safetydrift.data import DataError, TranslationPair, split_authors
+from safetydrift.data.mtpref import TranslationPair, split_authors
+from safetydrift.data.sources import DataError
 from safetydrift.generation import (
     Checkpoint,
     GenerationSettings,

@@ -7,7 +7,7 @@ import torch
 import yaml
 from conftest import ROOT
 
-from safetydrift.data import read_pairs
+from safetydrift.data.mtpref import read_pairs
 from safetydrift.generation import (
     GenerationSettings,
     HFEngine,
