@@ -50,7 +50,8 @@ MODES = ("fast", "deterministic")
 
 def run_once(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one cell, then generate and judge at its final checkpoint; what both runs compare."""
-    from safetydrift.data import read_advbench, read_pairs
+    from safetydrift.data.advbench import read_advbench
+    from safetydrift.data.mtpref import read_pairs
     from safetydrift.generation.checkpoints import list_checkpoints
     from safetydrift.generation.prompts import PromptSettings
     from safetydrift.generation.run import generate_for_checkpoints

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from safetydrift.data import read_pairs
+from safetydrift.data.mtpref import read_pairs
 from safetydrift.training.run import train_cell
 from safetydrift.training.settings import train_settings
 

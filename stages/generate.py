@@ -16,7 +16,8 @@ from typing import Any
 
 from safetydrift import tracking
 from safetydrift.cells import BASE_CELL
-from safetydrift.data import read_advbench, read_pairs
+from safetydrift.data.advbench import read_advbench
+from safetydrift.data.mtpref import read_pairs
 from safetydrift.files import atomic_dir, write_json, write_jsonl
 from safetydrift.generation.checkpoints import base_checkpoint, trained_checkpoints
 from safetydrift.generation.prompts import PromptSettings

@@ -4,7 +4,8 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift import tracking
-from safetydrift.data import Source, prepare_advbench
+from safetydrift.data.advbench import prepare_advbench
+from safetydrift.data.sources import Source
 from safetydrift.params import get, load_params
 from safetydrift.stage import ADVBENCH_FILE, declared_params, run_stage, study_name
 

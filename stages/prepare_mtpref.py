@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift import tracking
-from safetydrift.data import Source, prepare_mtpref
+from safetydrift.data.mtpref import prepare_mtpref
+from safetydrift.data.sources import Source
 from safetydrift.files import write_json, write_jsonl
 from safetydrift.params import get, load_params
 from safetydrift.stage import MTPREF_DIR, declared_params, run_stage, study_name

@@ -59,7 +59,8 @@ def base_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_mtpref(tmp_path_factory) -> Path:
-    from safetydrift.data import Source, prepare_mtpref
+    from safetydrift.data.mtpref import prepare_mtpref
+    from safetydrift.data.sources import Source
 
     out = tmp_path_factory.mktemp("mtpref")
     prepare_mtpref(

@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 from conftest import FIXTURES, ROOT
 
-from safetydrift.data import Source, prepare_advbench
+from safetydrift.data.advbench import prepare_advbench
+from safetydrift.data.sources import Source
 
 
 def load_benchmark():

@@ -17,7 +17,8 @@ from safetydrift.chat_data import (
     prepare_chat_data,
     read_conversations,
 )
-from safetydrift.data import DataError, TranslationPair
+from safetydrift.data.mtpref import TranslationPair
+from safetydrift.data.sources import DataError
 from safetydrift.files import read_jsonl
 from safetydrift.models import ModelError, PromptFormat, load_tokenizer
 from safetydrift.params import ParamError

@@ -15,15 +15,12 @@ import pytest
 from conftest import SHARED_DATA, load_stage, stage_env
 
 from safetydrift.cli import main
-from safetydrift.compare import (
-    Settings,
-    compare_metrics,
-    compare_paths,
-    compare_to_base,
-    read_results,
-)
+from safetydrift.compare.pairing import Settings, compare_metrics, compare_to_base
+from safetydrift.compare.results import read_results
+from safetydrift.compare.revisions import compare_paths
 from safetydrift.files import read_json, read_jsonl, write_json, write_jsonl
-from safetydrift.stats import describe_difference, holm, mcnemar_exact
+from safetydrift.stats.comparison import describe_difference, holm
+from safetydrift.stats.rates import mcnemar_exact
 
 ADVBENCH = SHARED_DATA / "advbench_harmful_behaviors.csv"
 MTPREF_TINY = Path(__file__).parent / "fixtures" / "mtpref-tiny.jsonl"

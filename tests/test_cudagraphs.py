@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT
 
 from safetydrift.cudagraphs import GraphedBackbone, backbone_of, padded_causal_mask
-from safetydrift.data import read_pairs
+from safetydrift.data.mtpref import read_pairs
 from safetydrift.params import ParamError
 from safetydrift.training.model import use_cuda_graphs
 from safetydrift.training.settings import train_settings

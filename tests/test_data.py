@@ -3,15 +3,9 @@ import json
 import pytest
 from conftest import FIXTURES, LANGUAGES, SHARED_DATA
 
-from safetydrift.data import (
-    DataError,
-    Source,
-    extract_source,
-    prepare_advbench,
-    prepare_mtpref,
-    read_advbench,
-    read_pairs,
-)
+from safetydrift.data.advbench import prepare_advbench, read_advbench
+from safetydrift.data.mtpref import extract_source, prepare_mtpref, read_pairs
+from safetydrift.data.sources import DataError, Source
 
 TOWER = (
     "<|im_start|>user\nTranslate the following German source text to English:\n"

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT
 from safetensors.torch import load_file
 
-from safetydrift.data import read_pairs
+from safetydrift.data.mtpref import read_pairs
 from safetydrift.generation.checkpoints import base_checkpoint, list_checkpoints
 from safetydrift.generation.run import generate_for_checkpoints
 from safetydrift.generation.settings import GenerationSettings

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import FIXTURES, ROOT, SHARED_DATA, load_stage
 
-from safetydrift.data import DataError
+from safetydrift.data.sources import DataError
 from safetydrift.evaluation_rates import benign_rates, class_shares, pooled_rate
 from safetydrift.evaluation_sets import (
     CONTEXT_SEPARATOR,

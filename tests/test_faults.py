@@ -18,13 +18,8 @@ import pytest
 import yaml
 from conftest import FIXTURES, copy_project, dvc, load_stage, small_filesystem, stage_env
 
-from safetydrift.data import (
-    HUB_TIMEOUT_SECONDS,
-    DataError,
-    Source,
-    check_hub_source,
-    prepare_advbench,
-)
+from safetydrift.data.advbench import prepare_advbench
+from safetydrift.data.sources import HUB_TIMEOUT_SECONDS, DataError, Source, check_hub_source
 from safetydrift.files import atomic_dir, atomic_path, write_json
 from safetydrift.judges import judge_responses
 from safetydrift.metrics import refusal_summary

@@ -12,7 +12,8 @@ import pytest
 from conftest import FIXTURES, SHARED_DATA, load_stage
 from transformers import AutoTokenizer
 
-from safetydrift.data import DataError, TranslationPair, split_authors
+from safetydrift.data.mtpref import TranslationPair, split_authors
+from safetydrift.data.sources import DataError
 from safetydrift.generation.checkpoints import Checkpoint, quantized_base
 from safetydrift.generation.prompts import PromptSettings, encode_conversations
 from safetydrift.generation.settings import GenerationSettings

@@ -7,7 +7,7 @@ import torch
 import yaml
 from conftest import ROOT
 
-from safetydrift.data import read_pairs
+from safetydrift.data.mtpref import read_pairs
 from safetydrift.generation.checkpoints import ModelHolder, base_checkpoint, list_checkpoints
 from safetydrift.generation.engines import HFEngine, eos_token_ids, split_at_stop
 from safetydrift.generation.prompts import PromptSettings, encode_conversations

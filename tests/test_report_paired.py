@@ -26,7 +26,9 @@ from safetydrift.report.paired import (
 )
 from safetydrift.report.results import collect_results
 from safetydrift.report.write import write_report
-from safetydrift.stats import CHRF, HARMFUL_ANSWER, REFUSAL, paired_bootstrap_chrf, tango_interval
+from safetydrift.stats.chrf import paired_bootstrap_chrf
+from safetydrift.stats.comparison import CHRF, HARMFUL_ANSWER, REFUSAL
+from safetydrift.stats.rates import tango_interval
 
 KEYWORD_JUDGE = "keywords-kempermann2025"
 HARM_JUDGE = "guard-x"

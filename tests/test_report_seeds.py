@@ -13,7 +13,7 @@ from conftest import ROOT
 from matplotlib.figure import Figure
 
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
-from safetydrift.compare import Settings
+from safetydrift.compare.pairing import Settings
 from safetydrift.paper import paper_model
 from safetydrift.params import load_params
 from safetydrift.report import evaluation_sets as sets_report
@@ -22,7 +22,7 @@ from safetydrift.report.figures import lr_curves_figure, tradeoff_figure
 from safetydrift.report.paired import BETWEEN_METHODS, PromptOutcomes, paired_tests
 from safetydrift.report.results import collect_results
 from safetydrift.report.write import write_report
-from safetydrift.stats import REFUSAL
+from safetydrift.stats.comparison import REFUSAL
 
 JUDGE = "keywords-kempermann2025"
 HARM_JUDGE = "guard"

@@ -13,19 +13,20 @@ from scipy import optimize
 from scipy.stats import binomtest, norm
 
 from safetydrift.metrics import chrf_bootstrap_scores, corpus_chrf
-from safetydrift.stats import (
+from safetydrift.stats.chrf import paired_bootstrap_chrf, tost_paired_chrf
+from safetydrift.stats.comparison import (
     adjust_family,
     compare_chrf,
     compare_refusals,
     describe_difference,
     format_p,
     holm,
+)
+from safetydrift.stats.rates import (
     mcnemar_exact,
     mcnemar_exact_p,
-    paired_bootstrap_chrf,
     tango_interval,
     tango_statistic,
-    tost_paired_chrf,
     tost_paired_proportions,
 )
 

@@ -17,7 +17,7 @@ import yaml
 from conftest import ROOT, copy_project, stage_env
 from safetensors.torch import load_file
 
-from safetydrift.data import TranslationPair, read_pairs
+from safetydrift.data.mtpref import TranslationPair, read_pairs
 from safetydrift.models import load_model
 from safetydrift.params import ParamError
 from safetydrift.training.checkpoints import checkpoint_steps, total_steps

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetydrift.data import DataError, Source, read_source, resolve_hub_revision, sha256_file
+from safetydrift.data.sources import (
+    DataError,
+    Source,
+    read_source,
+    resolve_hub_revision,
+    sha256_file,
+)
 from safetydrift.files import read_jsonl, write_json, write_jsonl
 
 KINDS = ("mtpref", "chat")

@@ -151,7 +151,9 @@ def _timings(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from safetydrift.compare import Settings, compare_paths, format_table
+    from safetydrift.compare.pairing import Settings
+    from safetydrift.compare.revisions import compare_paths
+    from safetydrift.compare.table import format_table
 
     settings = Settings(
         margin=args.margin,

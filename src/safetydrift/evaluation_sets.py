@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetydrift.data import (
+from safetydrift.data.sources import (
     DataError,
     Source,
     check_hub_source,

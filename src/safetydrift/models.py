@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.compat import fast_path_verified
+from safetydrift.data.sources import check_hub_source, resolve_hub_revision, sha256_file
 from safetydrift.files import atomic_dir, write_json
 from safetydrift.params import boolean
 
@@ -150,8 +151,6 @@ def _load_source(spec: ModelSpec):
         path = Path(spec.source).expanduser()
         if not path.exists():
             raise ModelError(f"params.yaml: `model.source` {path} does not exist")
-        from safetydrift.data import sha256_file
-
         info["sha256"] = sha256_file(path)
         location, common["gguf_file"] = str(path.parent), path.name
     elif kind == "local":
@@ -166,8 +165,6 @@ def _load_source(spec: ModelSpec):
         location = spec.source
         common["revision"] = spec.revision
         info["revision"] = spec.revision or "main"
-        from safetydrift.data import check_hub_source, resolve_hub_revision
-
         check_hub_source(spec.source, spec.revision, "model", "model.source")
         info["resolved_revision"] = resolve_hub_revision(spec.source, spec.revision, "model")
 

@@ -21,16 +21,9 @@ from safetydrift.check.settings import Gate, Judging
 from safetydrift.evaluation_sets import HARMFUL
 from safetydrift.harm import ModelJudge
 from safetydrift.response_classes import RESPONSE_CLASS_JUDGE
-from safetydrift.stats import (
-    HARMFUL_ANSWER,
-    MCNEMAR,
-    Comparison,
-    format_p,
-    holm,
-    mcnemar_exact,
-    tost_paired_proportions,
-)
-from safetydrift.stats import REFUSAL as REFUSAL_MEASUREMENT
+from safetydrift.stats.comparison import HARMFUL_ANSWER, MCNEMAR, Comparison, format_p, holm
+from safetydrift.stats.comparison import REFUSAL as REFUSAL_MEASUREMENT
+from safetydrift.stats.rates import mcnemar_exact, tost_paired_proportions
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR = 0, 1, 2
 PASS, FAIL = "pass", "fail"

@@ -10,7 +10,7 @@ from typing import Any
 from huggingface_hub import snapshot_download
 
 from safetydrift.check.settings import CheckError
-from safetydrift.data import DataError, check_hub_source
+from safetydrift.data.sources import DataError, check_hub_source
 from safetydrift.files import read_json
 from safetydrift.model_judges.loading import HUB_PATTERNS
 from safetydrift.models import (

@@ -20,7 +20,7 @@ from safetydrift.check.inputs import chat_template
 from safetydrift.check.outputs import PROMPTS_DIR, write_outputs
 from safetydrift.check.plan import CheckOptions, Plan, plan_check
 from safetydrift.check.responses import BASE, TUNED, SetResponses
-from safetydrift.data import read_advbench
+from safetydrift.data.advbench import read_advbench
 from safetydrift.files import atomic_dir
 from safetydrift.generation.checkpoints import Checkpoint
 from safetydrift.generation.run import generate_for_checkpoints, import_libraries

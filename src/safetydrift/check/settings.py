@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from safetydrift.data import Source, prepare_advbench
+from safetydrift.data.advbench import prepare_advbench
+from safetydrift.data.sources import Source
 from safetydrift.evaluation_sets import (
     ADVBENCH_SET,
     HARMFUL,

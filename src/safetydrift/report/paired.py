@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import BASE_CELL, Cell, checkpoint_label
-from safetydrift.compare import Settings, read_results
+from safetydrift.compare.pairing import Settings
+from safetydrift.compare.results import read_results
 from safetydrift.files import read_jsonl
 from safetydrift.judges import canonical_judge_name
 from safetydrift.markdown import markdown_table, p_cell
 from safetydrift.params import ParamError, get
 from safetydrift.response_classes import ANSWER
-from safetydrift.stats import (
+from safetydrift.stats.comparison import (
     CHRF,
     HARMFUL_ANSWER,
     REFUSAL,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from safetydrift.chat_data import CHAT_DIR, Conversation, read_conversations
-from safetydrift.data import TranslationPair, read_pairs
+from safetydrift.data.mtpref import TranslationPair, read_pairs
 from safetydrift.models import PromptFormat, split_completion
 from safetydrift.params import ParamError
 
