@@ -76,7 +76,7 @@ class TrainSettings:
     compile: str = "auto"  # regional torch.compile of the decoder blocks: auto (CUDA only), on, off
     compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" adds CUDA graphs
     pad_to_multiple_of: int | None = None  # batch lengths rounded up: few shapes to graph
-    cuda_graphs: str = "off"  # the decoder replayed as CUDA graphs (safetydrift.cudagraphs)
+    cuda_graphs: str = "off"  # the decoder replayed as CUDA graphs (safetydrift.fastpaths)
     num_processes: int = 1
     distributed: str = "ddp"  # or "fsdp", when num_processes > 1
     lora: LoraSettings | None = None

@@ -29,8 +29,8 @@ from safetydrift.training.model import (
 )
 from safetydrift.training.settings import TrainSettings
 
-# datasets, TRL and safetydrift.cudagraphs (which imports torch) are imported where they are used
-# (import cost: safetydrift/training/__init__.py).
+# datasets, TRL and safetydrift.fastpaths.cudagraphs (which imports torch) are imported where they
+# are used (import cost: safetydrift/training/__init__.py).
 
 
 def trainer_arguments(settings: TrainSettings, output_dir: Path, bf16: bool) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def build_trainer(
         # embedding output require grad costs one block's input gradient per step.
         trainer.model.enable_input_require_grads()
     if graphed:
-        from safetydrift.cudagraphs import GraphedBackbone, backbone_of
+        from safetydrift.fastpaths.cudagraphs import GraphedBackbone, backbone_of
 
         trainer.graphed_backbone = GraphedBackbone(
             backbone_of(trainer.model), settings.per_device_batch_size
