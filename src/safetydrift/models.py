@@ -19,7 +19,7 @@ from typing import Any
 
 from safetydrift.compat import fast_path_verified
 from safetydrift.files import atomic_dir, write_json
-from safetydrift.params import boolean
+from safetydrift.params import boolean, choice
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,7 @@ class ModelSpec:
             raise ModelError(
                 f"params.yaml: `model.init` must be pretrained or random, got {spec.init!r}"
             )
-        if spec.dtype not in DTYPES:
-            raise ModelError(
-                f"params.yaml: `model.dtype` must be one of {DTYPES}, got {spec.dtype!r}"
-            )
+        choice(spec.dtype, DTYPES, "model.dtype", ModelError)
         return spec
 
     @property

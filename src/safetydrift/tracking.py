@@ -29,6 +29,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from safetydrift.params import choice
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "mlruns.db"
@@ -55,11 +57,7 @@ def set_fallback(mode: str | None) -> None:
     the repository's SQLite store (`runtime.tracking_fallback`, applied by every stage)."""
     global _fallback
     mode = "none" if mode is None else mode
-    if mode not in FALLBACKS:
-        raise ValueError(
-            f"params.yaml: `{FALLBACK_PARAM}` must be one of {', '.join(FALLBACKS)}, got {mode!r}"
-        )
-    _fallback = mode
+    _fallback = choice(mode, FALLBACKS, FALLBACK_PARAM, ValueError)
 
 
 def repo_root() -> Path:
