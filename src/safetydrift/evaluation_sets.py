@@ -195,6 +195,7 @@ def read_set_source(spec: EvaluationSet, location: str) -> list[dict[str, Any]]:
     if spec.config is None:
         return read_source(source, split=spec.split, key=key)
     # A hub set with several configurations (HarmBench: standard, contextual, copyright).
+    # datasets takes ~1 s to import, and the report stage imports this module without reading sets.
     import datasets
 
     check_hub_source(location, spec.revision, "dataset", key)

@@ -17,11 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from safetydrift.compat import fast_path_verified
+from safetydrift.data import check_hub_source, resolve_hub_revision, sha256_file
 from safetydrift.files import atomic_dir, write_json
 from safetydrift.params import boolean, choice
 
 log = logging.getLogger(__name__)
+
+# torch and transformers (~3 s to import, warm) are imported inside the functions that load models:
+# the train stage and `safetydrift check` import this module to check their params and options,
+# and fail on a bad one, before any model is needed.
 
 MODEL_INFO_FILE = "safetydrift_model.json"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -72,7 +79,7 @@ class ModelSpec:
 
 
 def torch_dtype(name: str):
-    import torch
+    import torch  # import cost: top of module
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
@@ -98,7 +105,7 @@ def gguf_parsed_once() -> Iterator[None]:
     `__array_finalize__`) that slicing a plain array over the same bytes does not, so the reader
     sees the mapping as a plain array: 9.4 s -> 2.9 s for the stand-in's parse, same fields.
     """
-    import gguf
+    import gguf  # only GGUF sources need it
 
     original = gguf.GGUFReader
     gguf.GGUFReader = functools.lru_cache(maxsize=4)(_array_backed(original))
@@ -109,8 +116,6 @@ def gguf_parsed_once() -> Iterator[None]:
 
 
 def _array_backed(reader_class):
-    import numpy as np
-
     class ArrayBackedReader(reader_class):
         @property
         def data(self):
@@ -133,7 +138,7 @@ def load_source(spec: ModelSpec):
 
 
 def _load_source(spec: ModelSpec):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # cost: top of module
 
     kind = spec.kind
     info: dict[str, Any] = {
@@ -147,8 +152,6 @@ def _load_source(spec: ModelSpec):
         path = Path(spec.source).expanduser()
         if not path.exists():
             raise ModelError(f"params.yaml: `model.source` {path} does not exist")
-        from safetydrift.data import sha256_file
-
         info["sha256"] = sha256_file(path)
         location, common["gguf_file"] = str(path.parent), path.name
     elif kind == "local":
@@ -163,8 +166,6 @@ def _load_source(spec: ModelSpec):
         location = spec.source
         common["revision"] = spec.revision
         info["revision"] = spec.revision or "main"
-        from safetydrift.data import check_hub_source, resolve_hub_revision
-
         check_hub_source(spec.source, spec.revision, "model", "model.source")
         info["resolved_revision"] = resolve_hub_revision(spec.source, spec.revision, "model")
 
@@ -181,7 +182,7 @@ def _load_source(spec: ModelSpec):
             "(a Jinja string or a .jinja file)"
         )
     if spec.init == "random":
-        import torch
+        import torch  # import cost: top of module
 
         config = AutoConfig.from_pretrained(location, **common)
         torch.manual_seed(spec.seed)
@@ -216,7 +217,7 @@ def prepare_model(spec: ModelSpec, out_dir: Path) -> dict[str, Any]:
 
 
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # import cost: top of module
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
@@ -225,7 +226,7 @@ def load_tokenizer(path: str | Path):
 
 
 def load_model(path: str | Path, dtype: str = "bfloat16", device: str | None = None, **kwargs):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # import cost: top of module
 
     if device:
         # Straight onto the device: no full copy of the weights in host memory first.
@@ -251,7 +252,7 @@ def read_model_info(path: Path) -> dict[str, Any]:
 
 
 def default_device() -> str:
-    import torch
+    import torch  # import cost: top of module
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
