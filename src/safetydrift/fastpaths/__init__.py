@@ -16,7 +16,7 @@ verified with (`safetydrift.compat`: one warning line, then the library path):
   CUDA GPU, full or LoRA, padded lengths; docs/design.md) or `true`; `false`, or
   `train.deterministic`, is the library path.
 
-Nothing else in the project imports these modules at its top: a run with both switched off
+The pipeline imports these modules only where a fast path runs: a run with both switched off
 never loads them. Benchmarks against the library paths: `benchmarks/RESULTS.md`, section "Fast
 paths against the library paths" (it points to the measured sections it draws on).
 """
