@@ -3,8 +3,8 @@
 Each engine runs in a fresh process, so that its first pass is really cold (CUDA context, kernel
 selection, graph capture or compilation):
 
-- `static`: `safetydrift.decoding.StaticCacheDecoder` (CUDA graphs on a GPU), all prompts in one
-  batch unless `--batch-size` says otherwise;
+- `static`: `safetydrift.fastpaths.decoding.StaticCacheDecoder` (CUDA graphs on a GPU), all
+  prompts in one batch unless `--batch-size` says otherwise;
 - `eager`: the same loop without CUDA graphs;
 - `hf`: transformers' `generate`, all prompts in one left-padded batch, dynamic cache;
 - `hf-static`: the same with `cache_implementation="static"` (transformers compiles the step).
@@ -206,7 +206,7 @@ def run_worker(args) -> None:
     pad = pad_id(model, tokenizer, eos)
 
     if args.worker in ("static", "eager"):
-        from safetydrift.decoding import StaticCacheDecoder
+        from safetydrift.fastpaths.decoding import StaticCacheDecoder
 
         decoder = StaticCacheDecoder(
             model,

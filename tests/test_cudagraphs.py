@@ -13,8 +13,8 @@ import torch
 import yaml
 from conftest import ROOT
 
-from safetydrift.cudagraphs import GraphedBackbone, backbone_of, padded_causal_mask
 from safetydrift.data.mtpref import read_pairs
+from safetydrift.fastpaths.cudagraphs import GraphedBackbone, backbone_of, padded_causal_mask
 from safetydrift.params import ParamError
 from safetydrift.training.model import use_cuda_graphs
 from safetydrift.training.settings import train_settings
@@ -150,7 +150,7 @@ def test_outside_training_the_decoder_runs_its_own_forward(base_model_dir):
 def test_recorded_cuda_graphs_train_as_eager_kernels(
     method, base_model_dir, prepared_mtpref, tmp_path
 ):
-    from safetydrift.cudagraphs import capture_cuda_graphs
+    from safetydrift.fastpaths.cudagraphs import capture_cuda_graphs
 
     pairs = read_pairs(prepared_mtpref / "train.jsonl")[:7]
     eager, _ = trained_losses(method, pairs, base_model_dir, tmp_path / "eager", graphed=False)

@@ -7,7 +7,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from safetydrift.decoding import Decoded, StaticCacheDecoder
+from safetydrift.fastpaths.decoding import Decoded, StaticCacheDecoder
 
 MAX_NEW = 24
 PAD = 0

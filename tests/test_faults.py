@@ -257,7 +257,7 @@ CASES = [
         "model dtype unknown",
         ["stages/prepare_model.py"],
         set_key("model.dtype", "float8"),
-        "`model.dtype` must be one of ('float32', 'bfloat16', 'float16'), got 'float8'",
+        "`model.dtype` must be one of float32, bfloat16, float16, got 'float8'",
     ),
     (
         "progress bars as text",

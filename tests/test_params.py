@@ -4,7 +4,16 @@ import sys
 import pytest
 from conftest import ROOT
 
-from safetydrift.params import ParamError, apply_preset, available_presets, get, load_params
+from safetydrift.data import DataError
+from safetydrift.params import (
+    ParamError,
+    apply_preset,
+    available_presets,
+    choice,
+    get,
+    load_params,
+)
+from safetydrift.training.settings import keep_checkpoints_setting
 
 
 def test_presets_are_complete():
@@ -50,3 +59,13 @@ def test_the_preset_command_switches_params_yaml(tmp_path):
         get({"train": {}}, "train.seed")
     apply_preset("paper", tmp_path)
     assert get(load_params(tmp_path / "params.yaml"), "study.name") == "paper"
+
+
+def test_a_choice_is_one_of_its_values_or_a_named_error():
+    assert keep_checkpoints_setting("final") == "final"
+    message = r"^params.yaml: `train.keep_checkpoints` must be one of all, final, got 2$"
+    with pytest.raises(ParamError, match=message):
+        keep_checkpoints_setting(2)
+    # A module's own error type stays what its callers catch.
+    with pytest.raises(DataError, match="`train_data.kind` must be one of mtpref, chat, got None"):
+        choice(None, ("mtpref", "chat"), "train_data.kind", DataError)

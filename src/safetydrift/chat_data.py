@@ -31,6 +31,7 @@ from safetydrift.data.sources import (
     sha256_file,
 )
 from safetydrift.files import read_jsonl, write_json, write_jsonl
+from safetydrift.params import choice
 
 KINDS = ("mtpref", "chat")
 # Where `prepare_train_data` writes the chat kind's train.jsonl and stats.json; the mtpref kind's
@@ -70,12 +71,9 @@ class ChatSource:
     def from_params(cls, values: Mapping[str, Any], key: str, sample_required: bool) -> ChatSource:
         if not isinstance(values, Mapping) or not values.get("source"):
             raise DataError(f"params.yaml: `{key}.source` must name a file or hub data set")
-        data_format = str(values.get("format", "messages"))
-        if data_format not in FORMATS:
-            raise DataError(
-                f"params.yaml: `{key}.format` must be one of {', '.join(FORMATS)}, "
-                f"got {data_format!r}"
-            )
+        data_format = choice(
+            str(values.get("format", "messages")), FORMATS, f"{key}.format", DataError
+        )
         columns = values.get("columns") or {}
         if not isinstance(columns, Mapping):
             raise DataError(f"params.yaml: `{key}.columns` must be a mapping, got {columns!r}")
@@ -127,12 +125,7 @@ class ChatDataSpec:
 
 def data_kind(values: Mapping[str, Any] | None) -> str:
     """`train_data.kind`: mtpref (the translation pairs, the default) or chat."""
-    kind = (values or {}).get("kind", "mtpref")
-    if kind not in KINDS:
-        raise DataError(
-            f"params.yaml: `{PARAM}.kind` must be one of {', '.join(KINDS)}, got {kind!r}"
-        )
-    return kind
+    return choice((values or {}).get("kind", "mtpref"), KINDS, f"{PARAM}.kind", DataError)
 
 
 # --------------------------------------------------------------------------------------------

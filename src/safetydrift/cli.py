@@ -7,20 +7,30 @@ import argparse
 import json
 import subprocess
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from safetydrift.stage import run_user_command
+from safetydrift.files import write_json
+from safetydrift.params import apply_preset, available_presets, get, load_params
+from safetydrift.process import enable_bytecode_cache
+from safetydrift.repro import combine, markdown_table, timed_repro
+from safetydrift.restore import report_restored, restore_uncached_outputs
+from safetydrift.stage import USER_ERRORS, run_user_command
 
-# Each subcommand imports its own modules inside its handler: importing them all here (ray,
-# matplotlib, mlflow, scipy among them) adds about 1.5 s to every command, `--help` and the
-# one-line errors of bad input included (measured on the 2-core CI machine, 2026-12-02).
+# The heavier subcommands import their own modules inside their handlers: importing them all
+# here (ray, matplotlib, mlflow, scipy among them) adds about 1.5 s to every command, `--help`
+# and the one-line errors of bad input included (measured on the 2-core CI machine,
+# 2026-12-02). The modules above cost `--help` a few ms together (same machine, 2026-12).
+#
+# `response_classes` and `judges` (which `--help` needs too) are imported once `main` has
+# enabled the bytecode cache: on an image that ships no .pyc files (the GPU image), importing
+# them before would compile them and difflib again in every command (~50 ms of compiling on
+# the CI machine).
 
 
 def _preset(args: argparse.Namespace) -> None:
-    from safetydrift.params import apply_preset, available_presets
-
     if args.name is None:
         print("\n".join(available_presets()))
         return
@@ -29,17 +39,16 @@ def _preset(args: argparse.Namespace) -> None:
 
 
 def _response_class_settings(params_path: str | None) -> Any:
+    # After the bytecode cache (top of module)
     from safetydrift.response_classes import PARAMS_KEY, ResponseClassSettings
 
     if params_path is None:
         return ResponseClassSettings()
-    from safetydrift.params import get, load_params
-
     return ResponseClassSettings.from_params(get(load_params(params_path), PARAMS_KEY, None))
 
 
 def _judge(args: argparse.Namespace) -> None:
-    from safetydrift.rescore import judge_file
+    from safetydrift.rescore import judge_file  # ~0.15 s (NumPy), for this command only
 
     summary = judge_file(
         args.file,
@@ -54,6 +63,7 @@ def _judge(args: argparse.Namespace) -> None:
 
 
 def _review_export(args: argparse.Namespace) -> None:
+    # ~0.15 s (NumPy), for this command only
     from safetydrift.review import classify_generations, export_review_sample, read_generations
 
     rows = classify_generations(
@@ -64,13 +74,13 @@ def _review_export(args: argparse.Namespace) -> None:
 
 
 def _review_import(args: argparse.Namespace) -> None:
-    from safetydrift.review import import_review_labels
+    from safetydrift.review import import_review_labels  # ~0.15 s (NumPy), this command only
 
     print(json.dumps(import_review_labels(args.file, args.output)))
 
 
 def _chrf(args: argparse.Namespace) -> None:
-    from safetydrift.rescore import chrf_file
+    from safetydrift.rescore import chrf_file  # ~0.15 s (NumPy), for this command only
 
     summary = chrf_file(
         args.file,
@@ -91,30 +101,24 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _repro(args: argparse.Namespace) -> None:
-    from safetydrift.repro import timed_repro
-
     dvc_args = args.dvc_args[1:] if args.dvc_args[:1] == ["--"] else args.dvc_args
     sys.exit(timed_repro(dvc_args, Path(args.timings)))
 
 
 def _restore(args: argparse.Namespace) -> None:
-    from safetydrift.restore import report_restored, restore_uncached_outputs
-
     restored, unrestorable = restore_uncached_outputs(Path.cwd())
     print(report_restored(restored, unrestorable) or "nothing to restore: every output is there")
     sys.exit(1 if unrestorable else 0)
 
 
 def _grid(args: argparse.Namespace) -> None:
-    from safetydrift.grid.run import run_grid, write_summary
-    from safetydrift.params import get, load_params
-    from safetydrift.repro import markdown_table
+    # ~40 ms (the grid's plan reads the training settings, models, evaluation sets): half again
+    # the time of `--help`, which needs none of it.
+    from safetydrift.disk import describe
+    from safetydrift.grid.run import disk_estimate, run_grid, write_summary
 
     jobs = args.jobs if args.jobs is not None else int(get(load_params(), "runtime.jobs", 1))
     if args.estimate:
-        from safetydrift.disk import describe
-        from safetydrift.grid.run import disk_estimate
-
         print(describe(disk_estimate(Path.cwd(), args.cells, jobs)))
         return
     run = run_grid(
@@ -140,18 +144,14 @@ def _grid(args: argparse.Namespace) -> None:
 
 
 def _timings(args: argparse.Namespace) -> None:
-    from safetydrift.repro import combine, markdown_table
-
     combined = combine(args.files)
     print(markdown_table(combined))
     if args.output:
-        from safetydrift.files import write_json
-
         write_json(args.output, combined)
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from safetydrift.compare.pairing import Settings
+    from safetydrift.compare.pairing import Settings  # ~0.95 s with the two below: SciPy
     from safetydrift.compare.revisions import compare_paths
     from safetydrift.compare.table import format_table
 
@@ -166,14 +166,11 @@ def _compare(args: argparse.Namespace) -> None:
     report = compare_paths(args.a, args.b, settings, judges=args.judge)
     print(format_table(report))
     if args.json:
-        from safetydrift.files import write_json
-
         write_json(args.json, report.to_dict())
 
 
 def _check(args: argparse.Namespace) -> None:
-    import traceback
-
+    # ~1.6 s (SciPy, the hub client), for this command only
     from safetydrift.check import (
         CHECK_JSON,
         CHECK_MD,
@@ -183,7 +180,6 @@ def _check(args: argparse.Namespace) -> None:
         parse_evaluations,
         run_check,
     )
-    from safetydrift.stage import USER_ERRORS
 
     # Exit status 1 means a regression, so nothing else may end with it: bad input and errors
     # end with 2.
@@ -232,6 +228,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # After the bytecode cache (top of module)
     from safetydrift.judges import judge_names
     from safetydrift.response_classes import RESPONSE_CLASS_JUDGE
 
@@ -475,8 +472,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from safetydrift.process import enable_bytecode_cache
-
     # `grid` and `repro` start DVC and the stages: they share the cache too.
     enable_bytecode_cache()
     args = build_parser().parse_args(argv)

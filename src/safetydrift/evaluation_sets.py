@@ -32,7 +32,7 @@ from safetydrift.data.sources import (
     require_columns,
 )
 from safetydrift.files import read_json, write_jsonl
-from safetydrift.params import ParamError, get
+from safetydrift.params import ParamError, choice, get
 
 HARMFUL = "harmful"
 BENIGN = "benign"
@@ -87,8 +87,7 @@ class EvaluationSet:
         for key in ("kind", "source", "prompt_column"):
             if not values.get(key):
                 raise ParamError(f"{where}.{key}` is required")
-        if values["kind"] not in KINDS:
-            raise ParamError(f"{where}.kind` must be one of {KINDS}, got {values['kind']!r}")
+        choice(values["kind"], KINDS, f"{set_key(name)}.kind")
         source = values["source"]
         sources = tuple(str(s) for s in source) if isinstance(source, list) else (str(source),)
         if not sources:
@@ -196,6 +195,7 @@ def read_set_source(spec: EvaluationSet, location: str) -> list[dict[str, Any]]:
     if spec.config is None:
         return read_source(source, split=spec.split, key=key)
     # A hub set with several configurations (HarmBench: standard, contextual, copyright).
+    # datasets takes ~1 s to import, and the report stage imports this module without reading sets.
     import datasets
 
     check_hub_source(location, spec.revision, "dataset", key)

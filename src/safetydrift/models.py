@@ -17,12 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from safetydrift.compat import fast_path_verified
 from safetydrift.data.sources import check_hub_source, resolve_hub_revision, sha256_file
 from safetydrift.files import atomic_dir, write_json
-from safetydrift.params import boolean
+from safetydrift.params import boolean, choice
 
 log = logging.getLogger(__name__)
+
+# torch and transformers (~3 s to import, warm) are imported inside the functions that load models:
+# the train stage and `safetydrift check` import this module to check their params and options,
+# and fail on a bad one, before any model is needed.
 
 MODEL_INFO_FILE = "safetydrift_model.json"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -59,10 +65,7 @@ class ModelSpec:
             raise ModelError(
                 f"params.yaml: `model.init` must be pretrained or random, got {spec.init!r}"
             )
-        if spec.dtype not in DTYPES:
-            raise ModelError(
-                f"params.yaml: `model.dtype` must be one of {DTYPES}, got {spec.dtype!r}"
-            )
+        choice(spec.dtype, DTYPES, "model.dtype", ModelError)
         return spec
 
     @property
@@ -76,7 +79,7 @@ class ModelSpec:
 
 
 def torch_dtype(name: str):
-    import torch
+    import torch  # import cost: top of module
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
@@ -102,7 +105,7 @@ def gguf_parsed_once() -> Iterator[None]:
     `__array_finalize__`) that slicing a plain array over the same bytes does not, so the reader
     sees the mapping as a plain array: 9.4 s -> 2.9 s for the stand-in's parse, same fields.
     """
-    import gguf
+    import gguf  # only GGUF sources need it
 
     original = gguf.GGUFReader
     gguf.GGUFReader = functools.lru_cache(maxsize=4)(_array_backed(original))
@@ -113,8 +116,6 @@ def gguf_parsed_once() -> Iterator[None]:
 
 
 def _array_backed(reader_class):
-    import numpy as np
-
     class ArrayBackedReader(reader_class):
         @property
         def data(self):
@@ -137,7 +138,7 @@ def load_source(spec: ModelSpec):
 
 
 def _load_source(spec: ModelSpec):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # cost: top of module
 
     kind = spec.kind
     info: dict[str, Any] = {
@@ -181,7 +182,7 @@ def _load_source(spec: ModelSpec):
             "(a Jinja string or a .jinja file)"
         )
     if spec.init == "random":
-        import torch
+        import torch  # import cost: top of module
 
         config = AutoConfig.from_pretrained(location, **common)
         torch.manual_seed(spec.seed)
@@ -216,7 +217,7 @@ def prepare_model(spec: ModelSpec, out_dir: Path) -> dict[str, Any]:
 
 
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # import cost: top of module
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
@@ -225,7 +226,7 @@ def load_tokenizer(path: str | Path):
 
 
 def load_model(path: str | Path, dtype: str = "bfloat16", device: str | None = None, **kwargs):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # import cost: top of module
 
     if device:
         # Straight onto the device: no full copy of the weights in host memory first.
@@ -251,7 +252,7 @@ def read_model_info(path: Path) -> dict[str, Any]:
 
 
 def default_device() -> str:
-    import torch
+    import torch  # import cost: top of module
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -7,7 +7,7 @@ here is always one that the stage's `params:` list in dvc.yaml names.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,16 @@ def boolean(value: Any, key: str) -> bool:
         raise ParamError(
             f"params.yaml: `{key}` must be true or false (an unquoted YAML boolean), got {value!r}"
         )
+    return value
+
+
+def choice(
+    value: Any, choices: Sequence[str], key: str, error: type[ValueError] = ParamError
+) -> str:
+    """`value` when it is one of `choices`, else `error` naming `key` and the choices; `error`
+    keeps a module's own error type (a `DataError`, a `ModelError`) for those who catch it."""
+    if value not in choices:
+        raise error(f"params.yaml: `{key}` must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import subprocess
@@ -28,6 +29,10 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from safetydrift.params import choice
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +60,7 @@ def set_fallback(mode: str | None) -> None:
     the repository's SQLite store (`runtime.tracking_fallback`, applied by every stage)."""
     global _fallback
     mode = "none" if mode is None else mode
-    if mode not in FALLBACKS:
-        raise ValueError(
-            f"params.yaml: `{FALLBACK_PARAM}` must be one of {', '.join(FALLBACKS)}, got {mode!r}"
-        )
-    _fallback = mode
+    _fallback = choice(mode, FALLBACKS, FALLBACK_PARAM, ValueError)
 
 
 def repo_root() -> Path:
@@ -158,7 +159,7 @@ def _create_sqlite_store_once(path: Path) -> None:
     that finds no store creates it under an exclusive lock on its folder (not a lock file,
     which git would show), and one that finds it waits only until its creator is done.
     """
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # import cost: module docstring
 
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = os.open(path.parent, os.O_RDONLY)
@@ -222,7 +223,7 @@ class StageRun:
     def log_metric_history(self, history: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         """Many steps' metrics in one write: a training stage sends a checkpoint's worth at once
         (MLflow's client splits it into batches of 1,000)."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # import cost: module docstring
 
         timestamp = int(time.time() * 1000)
         metrics = [
@@ -235,14 +236,14 @@ class StageRun:
             self._write("metrics", self._client.log_batch, self.run_id, metrics=metrics)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # import cost: module docstring
 
         if params:
             values = [Param(k, _param_value(v)) for k, v in params.items()]
             self._write("params", self._client.log_batch, self.run_id, params=values)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # import cost: module docstring
 
         if tags:
             values = [RunTag(k, str(v)) for k, v in tags.items()]
@@ -271,9 +272,7 @@ class StageRun:
         """The DVC-tracked files and folders a stage reads, as MLflow datasets: `{path: context}`
         (MLflow's `mlflow.data.context` tag: training, evaluation). The digest is the md5 that
         dvc.lock records for the path, so a run links to the exact DVC object it read."""
-        import json
-
-        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag  # import cost: module docstring
 
         datasets = []
         for path, context in inputs.items():
@@ -301,8 +300,6 @@ class StageRun:
 def dvc_digest(root: Path, path: str) -> str | None:
     """The md5 that dvc.lock records for `path` as some stage's output (a folder's ends in
     `.dir`); None where no stage has produced it yet (a stage run outside `dvc repro`)."""
-    import yaml
-
     try:
         lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):

@@ -5,7 +5,7 @@ adapter) are then copied into the same tensors, so nothing merged is ever writte
 whatever the engine built for one checkpoint (CUDA graphs, caches) serves the next.
 
 Engines: `hf` (transformers' `generate` in length-sorted, left-padded batches; always works),
-`static` (our static-cache decode loop with CUDA graphs, `safetydrift.decoding`) and `vllm` (when
+`static` (our static-cache decode loop with CUDA graphs, `safetydrift.fastpaths.decoding`) and `vllm` (when
 installed). All are greedy, up to `max_new_tokens`, on the prompts `prompt.format` renders (the
 text training encodes too).
 

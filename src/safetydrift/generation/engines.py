@@ -1,9 +1,9 @@
 """The engines that decode greedily from a loaded model: `hf` (transformers' `generate` in
 length-sorted, left-padded batches; always works) and `static` (our static-cache decode loop with
-CUDA graphs, `safetydrift.decoding`, where the installed libraries are verified for it). Each
+CUDA graphs, `safetydrift.fastpaths.decoding`, where the installed libraries are verified for it). Each
 returns, per prompt, the new token ids up to the end of the turn and why it stopped.
 
-torch, transformers and `safetydrift.decoding` (which imports both at its top) are imported inside
+torch, transformers and `safetydrift.fastpaths.decoding` (which imports both at its top) are imported inside
 the engines' `generate`, for their import cost (~2 s on this project's 2-core machine): the judge
 modules and `safetydrift check` import this module before they check their inputs.
 """
@@ -99,7 +99,7 @@ class StaticEngine:
 
     def generate(self, model, prompt_ids: Sequence[list[int]]) -> list[tuple[list[int], str]]:
         # The import cost: see the module's docstring.
-        from safetydrift.decoding import StaticCacheDecoder
+        from safetydrift.fastpaths.decoding import StaticCacheDecoder
 
         if self._decoder is None or self._model is not model:
             self._decoder = StaticCacheDecoder(

@@ -47,7 +47,7 @@ def checkpoint_steps(n_steps: int, fractions: Sequence[float]) -> dict[int, floa
 
 def saved_dtype(base_dir: Path):
     """The dtype the base model was saved in, for checkpoints of the same size and precision."""
-    import torch
+    import torch  # import cost: training/__init__.py
 
     config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     name = config.get("dtype") or config.get("torch_dtype")
@@ -58,7 +58,7 @@ def make_recorder(
     settings: TrainSettings, steps: dict[int, float], out_dir: Path, tracker, save_dtype
 ):
     """A TrainerCallback that writes the checkpoints and sends step metrics to MLflow."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # import cost: training/__init__.py
 
     class TrainingRecorder(TrainerCallback):
         """Checkpoints at the study's fractions (adapters alone for LoRA; safetensors), and

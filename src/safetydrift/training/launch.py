@@ -26,7 +26,7 @@ def distributed_launch(settings: TrainSettings, script_and_args: Sequence[str]) 
     """
     if settings.num_processes == 1 or "LOCAL_RANK" in os.environ:
         return None
-    from accelerate.utils import parse_flag_from_env
+    from accelerate.utils import parse_flag_from_env  # import cost: training/__init__.py
 
     on_cpu = parse_flag_from_env("ACCELERATE_USE_CPU")
     if on_cpu and settings.distributed == "fsdp":
@@ -35,7 +35,7 @@ def distributed_launch(settings: TrainSettings, script_and_args: Sequence[str]) 
             "ACCELERATE_USE_CPU is set: FSDP needs GPUs (ddp runs on the CPU)"
         )
     if not on_cpu:
-        import torch
+        import torch  # import cost: training/__init__.py
 
         gpus = torch.cuda.device_count()
         if gpus < settings.num_processes:
@@ -67,6 +67,6 @@ def distributed_launch(settings: TrainSettings, script_and_args: Sequence[str]) 
 
 def world_size() -> int:
     """Processes in the group this one trained in: 1 unless `accelerate launch` started it."""
-    import torch.distributed
+    import torch.distributed  # import cost: training/__init__.py
 
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1

@@ -22,7 +22,7 @@ from safetydrift.training.settings import (
 
 
 def cuda_available() -> bool:
-    import torch
+    import torch  # import cost: training/__init__.py
 
     return torch.cuda.is_available()
 
@@ -90,12 +90,12 @@ def training_attention(deterministic: bool = False):
     accumulate with atomics unless PyTorch picks a deterministic variant, which we have not
     measured.
     """
-    import torch
+    import torch  # import cost: training/__init__.py
 
     if not torch.cuda.is_available():
         yield
         return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # import cost: training/__init__.py
 
     backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     if deterministic:
@@ -105,7 +105,7 @@ def training_attention(deterministic: bool = False):
 
 
 def use_bf16(settings: TrainSettings) -> bool:
-    import torch
+    import torch  # import cost: training/__init__.py
 
     if settings.precision == "fp32":
         return False
@@ -116,8 +116,8 @@ def use_bf16(settings: TrainSettings) -> bool:
 
 
 def load_training_model(base_dir: Path, settings: TrainSettings, bf16: bool):
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # import cost: training/__init__.py
+    from transformers import AutoModelForCausalLM  # import cost: training/__init__.py
 
     kwargs: dict[str, Any] = {}
     if settings.method == "qlora":
@@ -126,7 +126,7 @@ def load_training_model(base_dir: Path, settings: TrainSettings, bf16: bool):
                 "qlora needs a CUDA GPU: bitsandbytes' 4-bit NF4 layers do not train on this "
                 "machine's CPU. Leave `qlora` out of `grid.methods` here, or run on a GPU."
             )
-        from transformers import BitsAndBytesConfig
+        from transformers import BitsAndBytesConfig  # import cost: training/__init__.py
 
         quant = settings.quantization or {}
         compute_dtype = getattr(torch, quant.get("compute_dtype", "bfloat16"))
@@ -148,7 +148,7 @@ def load_training_model(base_dir: Path, settings: TrainSettings, bf16: bool):
         kwargs.setdefault("attn_implementation", "sdpa")
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
     if settings.method == "qlora" and settings.prepare_kbit:
-        from peft import prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training  # import cost: training/__init__.py
 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=settings.gradient_checkpointing
@@ -176,7 +176,7 @@ def check_target_modules(model, settings: TrainSettings) -> None:
 
 
 def peft_config(settings: TrainSettings):
-    from peft import LoraConfig
+    from peft import LoraConfig  # import cost: training/__init__.py
 
     assert settings.lora is not None
     return LoraConfig(

@@ -30,7 +30,7 @@ from safetydrift.training.trainer import build_trainer
 
 
 def peak_memory_bytes() -> int | None:
-    import torch
+    import torch  # import cost: training/__init__.py
 
     return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 
@@ -135,7 +135,7 @@ def _train(
     callbacks: Sequence[Any],
     determinism: dict[str, Any],
 ) -> TrainResult:
-    import torch
+    import torch  # import cost: training/__init__.py
 
     n_steps = total_steps(len(pairs), settings)
     steps = checkpoint_steps(n_steps, settings.checkpoint_fractions)

@@ -13,7 +13,7 @@ from typing import Any
 
 from safetydrift.cells import grid_seeds, reject_train_seed, seed_value
 from safetydrift.models import PromptFormat
-from safetydrift.params import ParamError, boolean, get, positive_float
+from safetydrift.params import ParamError, boolean, choice, get, positive_float
 
 METHODS = ("full", "lora", "qlora", "dpo")
 # torch.compile's modes. The CUDA-graph ones record a graph per sequence length: pair them with
@@ -76,7 +76,7 @@ class TrainSettings:
     compile: str = "auto"  # regional torch.compile of the decoder blocks: auto (CUDA only), on, off
     compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" adds CUDA graphs
     pad_to_multiple_of: int | None = None  # batch lengths rounded up: few shapes to graph
-    cuda_graphs: str = "off"  # the decoder replayed as CUDA graphs (safetydrift.cudagraphs)
+    cuda_graphs: str = "off"  # the decoder replayed as CUDA graphs (safetydrift.fastpaths)
     num_processes: int = 1
     distributed: str = "ddp"  # or "fsdp", when num_processes > 1
     lora: LoraSettings | None = None
@@ -153,11 +153,7 @@ def train_settings(
         deterministic=boolean(train.get("deterministic", False), "train.deterministic"),
         keep_checkpoints=keep_checkpoints_setting(train.get("keep_checkpoints", "all")),
     )
-    if settings.master_dtype not in MASTER_DTYPES:
-        raise ParamError(
-            f"params.yaml: `train.master_dtype` must be one of {', '.join(MASTER_DTYPES)}, "
-            f"got {settings.master_dtype!r}"
-        )
+    choice(settings.master_dtype, MASTER_DTYPES, "train.master_dtype")
     if settings.per_device_batch_size <= 0 or settings.effective_batch_size <= 0:
         raise ParamError(
             "params.yaml: `train.effective_batch_size` and `per_device_batch_size` must be > 0"
@@ -238,12 +234,7 @@ def check_deterministic(settings: TrainSettings) -> None:
 
 def keep_checkpoints_setting(value: Any) -> str:
     """`train.keep_checkpoints`: all or final."""
-    if value not in KEEP_CHECKPOINTS:
-        raise ParamError(
-            f"params.yaml: `train.keep_checkpoints` must be one of {', '.join(KEEP_CHECKPOINTS)}, "
-            f"got {value!r}"
-        )
-    return str(value)
+    return choice(value, KEEP_CHECKPOINTS, "train.keep_checkpoints")
 
 
 def checkpoint_fractions(values: Any) -> list[float]:

@@ -29,8 +29,8 @@ from safetydrift.training.model import (
 )
 from safetydrift.training.settings import TrainSettings
 
-# datasets, TRL and safetydrift.cudagraphs (which imports torch) are imported where they are used
-# (import cost: safetydrift/training/__init__.py).
+# datasets, TRL and safetydrift.fastpaths.cudagraphs (which imports torch) are imported where they
+# are used (import cost: safetydrift/training/__init__.py).
 
 
 def trainer_arguments(settings: TrainSettings, output_dir: Path, bf16: bool) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path, bf16: bool) -> 
 def build_trainer(
     settings: TrainSettings, base_dir: Path, pairs: Sequence[TrainingExample], work_dir: Path
 ):
-    import datasets
+    import datasets  # import cost: training/__init__.py
 
     bf16 = use_bf16(settings)
     graphed = use_cuda_graphs(settings)  # a refused setting fails before the model loads
@@ -79,7 +79,7 @@ def build_trainer(
     common = trainer_arguments(settings, work_dir, bf16)
     peft = peft_config(settings) if settings.lora else None
     if settings.trainer == "dpo":
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOConfig, DPOTrainer  # import cost: training/__init__.py
 
         config = DPOConfig(**common, beta=settings.beta, padding_free=settings.padding_free)
         rows = dpo_rows(pairs, tokenizer, settings.prompt_format)
@@ -99,7 +99,7 @@ def build_trainer(
         )
         trainer.truncation = truncation
         return trainer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer  # import cost: training/__init__.py
 
     if settings.padding_free:
         # TRL does not truncate padding-free batches; MT-Pref sentences are far below max_length.
@@ -136,7 +136,8 @@ def build_trainer(
         # embedding output require grad costs one block's input gradient per step.
         trainer.model.enable_input_require_grads()
     if graphed:
-        from safetydrift.cudagraphs import GraphedBackbone, backbone_of
+        # An optional fast path (safetydrift.fastpaths), loaded only when it records.
+        from safetydrift.fastpaths.cudagraphs import GraphedBackbone, backbone_of
 
         trainer.graphed_backbone = GraphedBackbone(
             backbone_of(trainer.model), settings.per_device_batch_size
