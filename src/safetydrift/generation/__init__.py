@@ -5,9 +5,9 @@ adapter) are then copied into the same tensors, so nothing merged is ever writte
 whatever the engine built for one checkpoint (CUDA graphs, caches) serves the next.
 
 Engines: `hf` (transformers' `generate` in length-sorted, left-padded batches; always works),
-`static` (our static-cache decode loop with CUDA graphs, `safetydrift.fastpaths.decoding`) and `vllm` (when
-installed). All are greedy, up to `max_new_tokens`, on the prompts `prompt.format` renders (the
-text training encodes too).
+`static` (our static-cache decode loop with CUDA graphs, `safetydrift.fastpaths.decoding`) and
+`vllm` (when installed). All are greedy, up to `max_new_tokens`, on the prompts `prompt.format`
+renders (the text training encodes too).
 
 The modules, one concern each, each importing only those listed before it:
 

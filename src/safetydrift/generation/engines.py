@@ -1,11 +1,12 @@
 """The engines that decode greedily from a loaded model: `hf` (transformers' `generate` in
 length-sorted, left-padded batches; always works) and `static` (our static-cache decode loop with
-CUDA graphs, `safetydrift.fastpaths.decoding`, where the installed libraries are verified for it). Each
-returns, per prompt, the new token ids up to the end of the turn and why it stopped.
+CUDA graphs, `safetydrift.fastpaths.decoding`, where the installed libraries are verified for it).
+Each returns, per prompt, the new token ids up to the end of the turn and why it stopped.
 
-torch, transformers and `safetydrift.fastpaths.decoding` (which imports both at its top) are imported inside
-the engines' `generate`, for their import cost (~2 s on this project's 2-core machine): the judge
-modules and `safetydrift check` import this module before they check their inputs.
+torch, transformers and `safetydrift.fastpaths.decoding` (which imports both at its top) are
+imported inside the engines' `generate`, for their import cost (~2 s on this project's 2-core
+machine): the judge modules and `safetydrift check` import this module before they check their
+inputs.
 """
 
 from __future__ import annotations
