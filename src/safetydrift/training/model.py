@@ -12,7 +12,6 @@ from typing import Any
 from safetydrift.compat import fast_path_verified
 from safetydrift.params import ParamError
 from safetydrift.training.settings import (
-    GRAPHED_BY_DEFAULT,
     TrainSettings,
     cuda_graph_obstacles,
 )
@@ -39,9 +38,8 @@ def use_compile(settings: TrainSettings) -> bool:
 
 
 def use_cuda_graphs(settings: TrainSettings) -> bool:
-    """`auto` records where it applies: a CUDA GPU, full or LoRA (`GRAPHED_BY_DEFAULT`), one
-    process, padded lengths, and library versions the recording was verified with
-    (`safetydrift.compat`); `true` also records QLoRA."""
+    """`auto` records where it applies: a CUDA GPU, full, LoRA or QLoRA, one process, padded
+    lengths, and library versions the recording was verified with (`safetydrift.compat`)."""
     if settings.cuda_graphs == "off" or settings.deterministic:
         return False
     if not fast_path_verified("cudagraphs"):
@@ -53,11 +51,7 @@ def use_cuda_graphs(settings: TrainSettings) -> bool:
                 "set it to auto or false"
             )
         return True
-    return (
-        settings.method in GRAPHED_BY_DEFAULT
-        and cuda_available()
-        and not cuda_graph_obstacles(settings)
-    )
+    return cuda_available() and not cuda_graph_obstacles(settings)
 
 
 def compile_blocks(model, mode: str = "default") -> int:

@@ -20,11 +20,10 @@ METHODS = ("full", "lora", "qlora", "dpo")
 # `train.pad_to_multiple_of`, so that a run meets a few lengths instead of one per batch.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-# Methods whose decoder `train.cuda_graphs` can record: TRL's SFT, one forward a step (DPO's
-# paired forwards are not). `auto` records only where it was measured to pay: QLoRA's 4-bit layers
-# record when asked with `true` (benchmarks/RESULTS.md, "QLoRA under CUDA graphs").
+# Methods whose decoder `train.cuda_graphs` records: TRL's SFT, one forward a step (DPO's paired
+# forwards are not). QLoRA's 4-bit layers record too: on an H200, 100 against 24 examples/s with the
+# same losses (benchmarks/RESULTS.md, "QLoRA under CUDA graphs").
 GRAPHED_METHODS = ("full", "lora", "qlora")
-GRAPHED_BY_DEFAULT = ("full", "lora")
 MASTER_DTYPES = ("float32", "bfloat16")
 # `train.keep_checkpoints`: every checkpoint's weights stay in the train stage's DVC output
 # (`all`, for audits), or only the final one's (`final`): the others are set aside until their
