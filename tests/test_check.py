@@ -436,6 +436,18 @@ def test_bad_input_exits_2_naming_it(flags, message, models, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_default_set_from_an_unreachable_hub_says_how_to_use_a_local_file(
+    models, tmp_path, capsys
+):
+    # The defaults read AdvBench from the hub, which this machine cannot reach.
+    argv = ["check", "--base", str(models["base"]), "--tuned", str(models["tuned"])]
+    assert _exit([*argv, "--out", str(tmp_path / "out")]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "error: --evaluations advbench: `data.advbench.source` 'walledai/AdvBench': " in err
+    assert "define the set on a local file in a --params file" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
 def test_usage_errors_exit_2(capsys):
     assert _exit(["check", "--base", "x"]) == 2
     assert "the following arguments are required: --tuned" in capsys.readouterr().err

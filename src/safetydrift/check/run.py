@@ -20,7 +20,9 @@ from safetydrift.check.inputs import chat_template
 from safetydrift.check.outputs import PROMPTS_DIR, write_outputs
 from safetydrift.check.plan import CheckOptions, Plan, plan_check
 from safetydrift.check.responses import BASE, TUNED, SetResponses
+from safetydrift.check.settings import CheckError
 from safetydrift.data.advbench import read_advbench
+from safetydrift.data.sources import DataError
 from safetydrift.files import atomic_dir
 from safetydrift.generation.checkpoints import Checkpoint
 from safetydrift.generation.run import generate_for_checkpoints, import_libraries
@@ -76,7 +78,21 @@ def prepare_sets(
     evaluations: dict[str, dict[str, Any]] = {}
     framed: dict[str, Framed] = {}
     for s in plan.sets:
-        stats = s.prepare(prompts_dir / f"{s.name}.jsonl")
+        try:
+            stats = s.prepare(prompts_dir / f"{s.name}.jsonl")
+        except DataError as error:
+            # Its message names a params.yaml key; a check has no params.yaml unless --params.
+            reason = str(error).removeprefix("params.yaml: ")
+            where = (
+                f"--params {plan.options.params}"
+                if plan.options.params
+                else (
+                    "the check's defaults (a hub dataset): without the hub, define the set on a "
+                    "local file in a --params file (docs/check.md; --params presets/standin.yaml "
+                    "reads ../shared/data)"
+                )
+            )
+            raise CheckError(f"--evaluations {s.name}: {reason}; from {where}") from None
         rows = s.framing.select(read_advbench(prompts_dir / f"{s.name}.jsonl"))
         if plan.options.limit is not None:
             rows = rows[: plan.options.limit]
