@@ -143,24 +143,10 @@ def compare_refusals(
         raise ValueError(f"a paired rate is one of {', '.join(RATES)}, not {measurement!r}")
     paired = mcnemar_exact(a, b, confidence)
     equivalence = tost_paired_proportions(a, b, margin, alpha)
-    return Comparison(
-        measurement=measurement,
-        cell=cell,
-        checkpoint=checkpoint,
-        judge=judge,
-        value_a=paired.rate_a,
-        value_b=paired.rate_b,
-        difference=paired.difference,
-        margin=equivalence.margin,
-        alpha=equivalence.alpha,
-        n=paired.n,
-        ci_low=paired.ci_low,
-        ci_high=paired.ci_high,
-        confidence=paired.confidence,
-        p_value=paired.p_value,
-        tost_p=equivalence.p_value,
-        test=MCNEMAR,
-    )
+    return _comparison(
+        measurement, cell, checkpoint, judge, (paired.rate_a, paired.rate_b), paired,
+        equivalence, MCNEMAR,
+    )  # fmt: skip
 
 
 def compare_chrf(
@@ -179,13 +165,31 @@ def compare_chrf(
     """The paired bootstrap of chrF and its TOST for two systems' translations of one test set."""
     paired = paired_bootstrap_chrf(hyp_a, hyp_b, references, n_resamples, seed, confidence)
     equivalence = tost_paired_chrf(paired, margin, alpha)
+    return _comparison(
+        CHRF, cell, checkpoint, None, (paired.chrf_a, paired.chrf_b), paired, equivalence,
+        PAIRED_BOOTSTRAP,
+    )  # fmt: skip
+
+
+def _comparison(
+    measurement: str,
+    cell: str,
+    checkpoint: str,
+    judge: str | None,
+    values: tuple[float, float],
+    paired: Any,
+    equivalence: Any,
+    test: str,
+) -> Comparison:
+    """One paired test and its TOST as a Comparison (`paired`: McNemar's or the bootstrap's
+    result, with difference, n, interval and p; `equivalence`: the TOST's)."""
     return Comparison(
-        measurement=CHRF,
+        measurement=measurement,
         cell=cell,
         checkpoint=checkpoint,
-        judge=None,
-        value_a=paired.chrf_a,
-        value_b=paired.chrf_b,
+        judge=judge,
+        value_a=values[0],
+        value_b=values[1],
         difference=paired.difference,
         margin=equivalence.margin,
         alpha=equivalence.alpha,
@@ -195,7 +199,7 @@ def compare_chrf(
         confidence=paired.confidence,
         p_value=paired.p_value,
         tost_p=equivalence.p_value,
-        test=PAIRED_BOOTSTRAP,
+        test=test,
     )
 
 
