@@ -108,22 +108,37 @@ def _matched_ids(ids_a: Iterable[Any], ids_b: Iterable[Any], where: str) -> list
     return ids_a
 
 
+def _untested(
+    measurement: str,
+    cell: str,
+    checkpoint: str,
+    judge: str | None,
+    value_a: float,
+    value_b: float,
+    margin: float,
+    settings: Settings,
+) -> Comparison:
+    """The two values and their difference, untested: a side without per-row results (a
+    metrics file of an older layout) cannot be paired."""
+    return Comparison(
+        measurement=measurement,
+        cell=cell,
+        checkpoint=checkpoint,
+        judge=judge,
+        value_a=value_a,
+        value_b=value_b,
+        difference=value_b - value_a,
+        margin=margin,
+        alpha=settings.alpha,
+    )
+
+
 def _compare_refusal(
     key: tuple[str, str, str], a: RefusalEntry, b: RefusalEntry, settings: Settings
 ) -> Comparison:
     cell, checkpoint, judge = key
     if a.verdicts is None or b.verdicts is None:
-        return Comparison(
-            measurement=REFUSAL,
-            cell=cell,
-            checkpoint=checkpoint,
-            judge=judge,
-            value_a=a.rate,
-            value_b=b.rate,
-            difference=b.rate - a.rate,
-            margin=settings.margin,
-            alpha=settings.alpha,
-        )
+        return _untested(REFUSAL, cell, checkpoint, judge, a.rate, b.rate, settings.margin, settings)
     ids = _matched_ids(a.verdicts, b.verdicts, f"refusal {cell} {checkpoint} {judge}")
     return compare_refusals(
         [a.verdicts[i] for i in ids],
@@ -144,17 +159,7 @@ def _compare_chrf(
     if a.rows is None or b.rows is None:
         if a.chrf is None or b.chrf is None:
             return None
-        return Comparison(
-            measurement=CHRF,
-            cell=cell,
-            checkpoint=checkpoint,
-            judge=None,
-            value_a=a.chrf,
-            value_b=b.chrf,
-            difference=b.chrf - a.chrf,
-            margin=settings.chrf_margin,
-            alpha=settings.alpha,
-        )
+        return _untested(CHRF, cell, checkpoint, None, a.chrf, b.chrf, settings.chrf_margin, settings)
     where = f"chrf {cell} {checkpoint}"
     ids = _matched_ids(a.rows, b.rows, where)
     differing = [i for i in ids if a.rows[i][1] != b.rows[i][1]]
