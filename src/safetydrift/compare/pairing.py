@@ -138,7 +138,9 @@ def _compare_refusal(
 ) -> Comparison:
     cell, checkpoint, judge = key
     if a.verdicts is None or b.verdicts is None:
-        return _untested(REFUSAL, cell, checkpoint, judge, a.rate, b.rate, settings.margin, settings)
+        return _untested(
+            REFUSAL, cell, checkpoint, judge, a.rate, b.rate, settings.margin, settings
+        )
     ids = _matched_ids(a.verdicts, b.verdicts, f"refusal {cell} {checkpoint} {judge}")
     return compare_refusals(
         [a.verdicts[i] for i in ids],
@@ -159,7 +161,9 @@ def _compare_chrf(
     if a.rows is None or b.rows is None:
         if a.chrf is None or b.chrf is None:
             return None
-        return _untested(CHRF, cell, checkpoint, None, a.chrf, b.chrf, settings.chrf_margin, settings)
+        return _untested(
+            CHRF, cell, checkpoint, None, a.chrf, b.chrf, settings.chrf_margin, settings
+        )
     where = f"chrf {cell} {checkpoint}"
     ids = _matched_ids(a.rows, b.rows, where)
     differing = [i for i in ids if a.rows[i][1] != b.rows[i][1]]
