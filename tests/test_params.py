@@ -4,7 +4,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from safetydrift.data import DataError
+from safetydrift.data.sources import DataError
 from safetydrift.params import (
     ParamError,
     apply_preset,

@@ -18,6 +18,8 @@ from typing import Any
 
 from safetydrift.cells import BASE_CELL, parse_cell
 from safetydrift.files import DiskFullError, read_json, read_jsonl
+from safetydrift.gpu_slots import DEFAULT_JUDGES_PER_GPU, set_judges_per_gpu
+from safetydrift.gpu_slots import PARAMS_KEY as JUDGES_PER_GPU
 from safetydrift.params import PARAMS_FILE, ParamError, get, load_params, select
 from safetydrift.process import enable_bytecode_cache, exit_now
 from safetydrift.tracking import FALLBACK_PARAM, TrackingError, set_fallback
@@ -106,8 +108,8 @@ def run_user_command(function: Callable[..., Any], *args: Any) -> None:
 
 def apply_runtime_settings(params: dict[str, Any]) -> None:
     """Apply `runtime:`, the settings that cannot change any output (no stage declares them, so
-    changing one reruns nothing): whether progress bars are drawn, and where a stage tracks when
-    its MLflow store cannot be opened."""
+    changing one reruns nothing): whether progress bars are drawn, where a stage tracks when
+    its MLflow store cannot be opened, and how many model judges share a GPU at a time."""
     progress = get(params, "runtime.progress", True)
     if not isinstance(progress, bool):
         raise ParamError(f"params.yaml: `runtime.progress` must be true or false, got {progress!r}")
@@ -116,6 +118,7 @@ def apply_runtime_settings(params: dict[str, Any]) -> None:
         os.environ["TQDM_DISABLE"] = "1"
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     set_fallback(get(params, FALLBACK_PARAM, None))
+    set_judges_per_gpu(get(params, JUDGES_PER_GPU, DEFAULT_JUDGES_PER_GPU))
 
 
 def run_stage(function: Callable[..., Any], *args: Any) -> None:

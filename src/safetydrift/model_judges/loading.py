@@ -20,6 +20,7 @@ from huggingface_hub import snapshot_download
 from safetensors import safe_open
 
 from safetydrift.generation.engines import build_engine
+from safetydrift.gpu_slots import hold_judge_slot
 from safetydrift.model_judges.spec import JudgeModelSpec
 from safetydrift.models import (
     ModelError,
@@ -199,6 +200,8 @@ class JudgeModel:
             model, tokenizer, info = _LOADED_MODELS[key]
             self._finish_load(model, tokenizer, info)
             return
+        # One of the GPU's judge slots (`runtime.judges_per_gpu`) before the weights go there.
+        hold_judge_slot(self.device)
         try:
             model, tokenizer, info = load_source(self.spec.model_spec(self.location))
         except ModelError as error:
