@@ -12,6 +12,7 @@ they compute: the setting is a run-time one, and no stage declares it.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -50,7 +51,12 @@ def gpu_identity(device: str) -> str | None:
         return None
     import torch  # only for a CUDA device: a judge there has imported it already
 
-    return str(torch.cuda.get_device_properties(torch.device(device)).uuid)
+    properties = torch.cuda.get_device_properties(torch.device(device))
+    # Without a UUID (an older driver), the name and bus id: as seen here, not across processes
+    # that number the GPUs differently.
+    uuid = getattr(properties, "uuid", None)
+    name = str(uuid) if uuid else f"{properties.name}-{getattr(properties, 'pci_bus_id', device)}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def hold_slot(gpu: str, slots: int | None = None, lock_dir: Path = LOCK_DIR) -> int | None:
