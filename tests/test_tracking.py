@@ -374,3 +374,44 @@ def test_stages_started_at_once_on_a_new_store_all_record_their_runs(tmp_path):
     assert sorted(r.info.run_name for r in runs) == [f"train@cell{n}" for n in range(4)]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.metrics["loss"] for r in runs} == {1.0 / 300}
+
+
+SAME_INPUT_PROCESS = """
+import sys, time
+from pathlib import Path
+from safetydrift import tracking
+n, count = sys.argv[1], int(sys.argv[2])
+with tracking.stage_run("tracking-test", "train", {"n": n}, cell=n) as run:
+    Path(f"ready-{n}").touch()
+    while len(list(Path().glob("ready-*"))) < count:  # all at once, as cells of a grid
+        time.sleep(0.01)
+    run.log_inputs({"data/train.jsonl": "training"}, Path.cwd())
+"""
+
+
+def test_stages_that_read_the_same_file_at_once_all_log_it_as_their_input(tmp_path):
+    # The store creates a dataset the first time a run logs it; two runs logging the same one
+    # at the same moment race to create it, and the loser must still record its input.
+    import os
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/train.jsonl").write_text('{"source": "a", "target": "b"}\n')
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT / "src")}
+    count = 6
+    stages = [
+        subprocess.Popen(
+            [sys.executable, "-c", SAME_INPUT_PROCESS, f"cell{n}", str(count)],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(count)
+    ]
+    errors = [stage.communicate(timeout=300)[1] for stage in stages]
+    assert [stage.returncode for stage in stages] == [0] * count, errors
+    runs = runs_in(uri)
+    assert len(runs) == count and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["data/train.jsonl"]

@@ -289,12 +289,32 @@ class StageRun:
                     tags=[InputTag("mlflow.data.context", context)],
                 )
             )
-        if datasets:
+        if not datasets:
+            return
+        try:
+            self._write("inputs", self._client.log_inputs, self.run_id, datasets=datasets)
+        except TrackingError as error:
+            # The store creates a dataset the first time a run logs it, by looking it up and
+            # inserting it if absent: stages side by side that read the same file can both miss
+            # it and one insert loses on the store's unique key. The dataset exists then, and
+            # logging again links this run to it.
+            if not _lost_insert_race(error):
+                raise
             self._write("inputs", self._client.log_inputs, self.run_id, datasets=datasets)
 
     def close(self, status: str) -> None:
         """End the run with `status` (FINISHED or FAILED)."""
         self._write(f"end ({status})", self._client.set_terminated, self.run_id, status=status)
+
+
+def _lost_insert_race(error: BaseException) -> bool:
+    """A unique-key violation, as SQLite, PostgreSQL and MySQL report it (directly or through an
+    MLflow server's message)."""
+    text = str(error).lower()
+    return any(
+        mark in text
+        for mark in ("unique constraint", "integrityerror", "duplicate entry", "duplicate key")
+    )
 
 
 def dvc_digest(root: Path, path: str) -> str | None:
