@@ -22,7 +22,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # Methods whose decoder `train.cuda_graphs` records: TRL's SFT, one forward a step (DPO's paired
 # forwards are not). QLoRA's 4-bit layers record too: on an H200, 100 against 24 examples/s with the
-# same losses (benchmarks/RESULTS.md, "QLoRA under CUDA graphs").
+# same losses (benchmarks/RESULTS.md, "2026-12-02 (third lease)").
 GRAPHED_METHODS = ("full", "lora", "qlora")
 MASTER_DTYPES = ("float32", "bfloat16")
 # `train.keep_checkpoints`: every checkpoint's weights stay in the train stage's DVC output
