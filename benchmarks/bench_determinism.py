@@ -12,6 +12,8 @@ the MT-Pref test sentences (corpus chrF). For each method and mode the two runs 
 - `final_loss`: each run's last logged loss;
 - `refusal_rate`, `refusal_difference`, `refusal_disagreements` (prompts refused by one run
   only) and `response_disagreements` (prompts whose response text differs);
+- `class_counts` and `class_disagreements`: each run's response classes (`refusal.response_class`)
+  and the prompts whose class differs between the runs;
 - `chrf`, `chrf_difference`, `translation_disagreements` (skipped with `--chrf-sentences 0`).
 
 Run it in a prepared workspace (`dvc repro prepare_mtpref prepare_advbench prepare_model`):
@@ -19,9 +21,14 @@ Run it in a prepared workspace (`dvc repro prepare_mtpref prepare_advbench prepa
     python benchmarks/bench_determinism.py --out bench-determinism.json --deterministic
 
 `--steps N` (or `--train-rows N`) caps training at the first N optimizer steps' rows;
-`--prompts N` and `--chrf-sentences N` take the first N prompts and sentences. Harmful-answer
-rates need the judge models and are not measured here: every run's responses are kept under
-`--out`'s folder (`determinism-runs/`) for `judge_harm`'s judges to read later.
+`--prompts N` and `--chrf-sentences N` take the first N prompts and sentences. Every run's
+responses are kept under `--out`'s folder (`determinism-runs/`). Harmful-answer rates need the
+judge models, which need the GPU that training had: once the workspace has them (`dvc repro
+prepare_judge_models`), a second call judges the kept runs with `harm.judges`, as `judge_harm`
+does, and adds `harm` to each comparison (each run's harmful-answer rate, and the prompts harmful
+in one run only):
+
+    python benchmarks/bench_determinism.py --out bench-determinism.json --judge-runs
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +67,7 @@ def run_once(spec: dict[str, Any]) -> dict[str, Any]:
     from safetydrift.judges import judge_responses
     from safetydrift.models import PromptFormat, default_device
     from safetydrift.params import get
+    from safetydrift.response_classes import ResponseClassSettings, classify_responses
     from safetydrift.training.run import train_cell
     from safetydrift.training.settings import train_settings
 
@@ -92,6 +101,12 @@ def run_once(spec: dict[str, Any]) -> dict[str, Any]:
     )
     judge = str(get(params, "report.primary_judge", "keywords-kempermann2025"))
     verdicts = judge_responses([row["response"] for row in refusal_rows], [judge])[judge]
+    classes = classify_responses(
+        [row["prompt"] for row in refusal_rows],
+        [row["response"] for row in refusal_rows],
+        [row["finish_reason"] for row in refusal_rows],
+        ResponseClassSettings.from_params(get(params, "refusal.response_class", None)),
+    )
     translations = []
     if spec["chrf_sentences"] != 0:
         chrf_prompts = PromptSettings.from_params(get(params, "chrf.prompts", {}))
@@ -109,8 +124,10 @@ def run_once(spec: dict[str, Any]) -> dict[str, Any]:
         "steps": result.steps,
         "determinism": result.determinism,
         "train_seconds": train_seconds,
+        "prompts": [row["prompt"] for row in refusal_rows],
         "responses": [row["response"] for row in refusal_rows],
         "refused": [verdict.refusal for verdict in verdicts],
+        "classes": [verdict.label for verdict in classes],
         "judge": judge,
         "translations": translations,
     }
@@ -139,6 +156,10 @@ def compare_runs(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any
         ),
         "response_disagreements": sum(
             a != b for a, b in zip(first["responses"], second["responses"], strict=True)
+        ),
+        "class_counts": [dict(sorted(Counter(run["classes"]).items())) for run in (first, second)],
+        "class_disagreements": sum(
+            a != b for a, b in zip(first["classes"], second["classes"], strict=True)
         ),
         "train_seconds": [first["train_seconds"], second["train_seconds"]],
         "determinism": first["determinism"],
@@ -234,9 +255,81 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def judge_runs(args: argparse.Namespace) -> dict[str, Any]:
+    """Judge the kept runs of `--out`'s report with the model judges of `harm.judges` (the
+    answers only, or the classes `harm.judged_classes` names, as `judge_harm` does) and add each
+    comparison's `harm`."""
+    from safetydrift.harm import harmful_answers, judge_selected, judged_classes
+    from safetydrift.model_judges.judging import build_model_judge
+    from safetydrift.model_judges.spec import judge_specs
+    from safetydrift.models import default_device
+    from safetydrift.params import get
+
+    if args.out is None or not args.out.exists():
+        raise SystemExit("--judge-runs judges the runs of an existing report: give it as --out")
+    out = args.out.resolve()
+    report = json.loads(out.read_text(encoding="utf-8"))
+    workspace = args.workspace.resolve()
+    params = yaml.safe_load((args.params or workspace / "params.yaml").read_text())
+    confidence = float(get(params, "harm.confidence", 0.95))
+    selected = judged_classes(params)
+    device = default_device()
+    specs = judge_specs(params, args.judge_models or workspace / "models" / "judges")
+    judges = {name: build_model_judge(spec, device) for name, spec in specs.items()}
+    for judge in judges.values():
+        judge.load()
+    runs_dir = out.parent / "determinism-runs"
+    for method, modes in report["methods"].items():
+        for mode, comparison in modes.items():
+            runs = []
+            for attempt in (1, 2):
+                path = runs_dir / f"{method}-{mode}-{attempt}.json"
+                run = json.loads(path.read_text(encoding="utf-8"))
+                if "classes" not in run:
+                    raise SystemExit(f"{path}: no response classes (measured by an older version)")
+                runs.append(run)
+            judged = [
+                judge_selected(judges, r["prompts"], r["responses"], r["classes"], selected)
+                for r in runs
+            ]
+            comparison["harm"] = {}
+            for name in judges:
+                counts = [
+                    harmful_answers(r["classes"], j.verdicts[name], confidence)
+                    for r, j in zip(runs, judged, strict=True)
+                ]
+                flags = [
+                    [c == "answer" and v is not None and v.harmful is True for c, v in pairs]
+                    for pairs in (
+                        zip(r["classes"], j.verdicts[name], strict=True)
+                        for r, j in zip(runs, judged, strict=True)
+                    )
+                ]
+                comparison["harm"][name] = {
+                    "harmful_answer_rate": [c["harmful_answer_rate"] for c in counts],
+                    "harmful_answers": [c["harmful_answers"] for c in counts],
+                    "unknown": [c["unknown"] for c in counts],
+                    "harmful_disagreements": sum(a != b for a, b in zip(*flags, strict=True)),
+                    "judge_seconds": [j.seconds[name] for j in judged],
+                }
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def harm_cell(harm: dict[str, Any] | None) -> str:
+    """Each judge's harmful-answer rates of the two runs (— before `--judge-runs`)."""
+    if not harm:
+        return "—"
+    rates = {
+        name: " / ".join("—" if r is None else f"{r:.3f}" for r in h["harmful_answer_rate"])
+        for name, h in harm.items()
+    }
+    return "; ".join(f"{name} {value}" for name, value in rates.items())
+
+
 def table(report: dict[str, Any]) -> str:
     header = ["method", "mode", "loss max |Δ|", "final loss", "refusal", "Δ refusal"]
-    header += ["refusal ≠", "responses ≠", "chrF", "Δ chrF"]
+    header += ["refusal ≠", "responses ≠", "classes ≠", "harmful", "chrF", "Δ chrF"]
     rows = [header]
     for method, modes in report["methods"].items():
         for mode, c in modes.items():
@@ -251,6 +344,8 @@ def table(report: dict[str, Any]) -> str:
                     f"{c['refusal_difference']:+.3f}",
                     f"{c['refusal_disagreements']}/{c['prompts']}",
                     f"{c['response_disagreements']}/{c['prompts']}",
+                    f"{c['class_disagreements']}/{c['prompts']}" if "class_counts" in c else "—",
+                    harm_cell(c.get("harm")),
                     " / ".join(f"{v:.2f}" for v in c["chrf"]) if "chrf" in c else "—",
                     f"{c['chrf_difference']:+.2f}" if "chrf" in c else "—",
                 ]
@@ -275,6 +370,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--chrf-sentences", type=int, help="the first N test sentences; 0: none")
     parser.add_argument("--max-new-tokens", type=int, help="override generation.max_new_tokens")
     parser.add_argument("--out", type=Path, help="the JSON report")
+    parser.add_argument(
+        "--judge-runs", action="store_true", help="judge the kept runs of --out's report for harm"
+    )
+    parser.add_argument("--judge-models", type=Path, help="default: the workspace's models/judges")
     parser.add_argument("--run-one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -282,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         spec = json.loads(args.run_one.read_text(encoding="utf-8"))
         args.result.write_text(json.dumps(run_once(spec)), encoding="utf-8")
         return None
-    report = measure(args)
+    report = judge_runs(args) if args.judge_runs else measure(args)
     print(table(report))
     return report
 
