@@ -166,12 +166,14 @@ def write_summary(run: GridRun, path: Path) -> dict[str, Any]:
     summary = {
         "parallel_jobs": run.parallel,
         "gpus_per_cell": run.gpus_per_cell,
-        "elapsed_seconds": run.wall_seconds,
         "failed": run.failed,
         "placement": {
             job.name: {"node": job.node, "gpus": job.gpus} for job in run.jobs if job.node
         },
         **combined,
+        # The grid's own start to end; the jobs' times side by side add up to more (`job_seconds`).
+        "wall_seconds": run.wall_seconds,
+        "job_seconds": combined["wall_seconds"],
     }
     write_json(path, summary)
     return summary
