@@ -47,6 +47,7 @@ from safetydrift.response_classes import (
     RESPONSE_CLASS_JUDGE,
     ResponseClassSettings,
     classify_responses,
+    verdict_columns,
 )
 from safetydrift.stage import (
     JUDGE_MODELS_DIR,
@@ -82,29 +83,6 @@ def read_unit_generations(evaluation: str, cell: str):
             if not isinstance(row.get("response"), str):
                 raise ValueError(f"{path}, row {number}: `response` is missing or not text")
     return summary, rows
-
-
-def keyword_verdict_row(label, row, keyword_judges, verdicts, found, index) -> dict[str, Any]:
-    """One response's line of evals/evaluations/UNIT/CELL.jsonl before the model judges."""
-    return {
-        "checkpoint": label,
-        "set": row["set"],
-        "id": row["id"],
-        **{
-            j: {
-                "refusal": verdicts[j][index].refusal,
-                "label": verdicts[j][index].label,
-                "matched": list(verdicts[j][index].matched),
-            }
-            for j in keyword_judges
-        },
-        RESPONSE_CLASS_JUDGE: {
-            "refusal": found[index].refusal,
-            "label": found[index].label,
-            "matched": list(found[index].matched),
-            "evidence": found[index].evidence,
-        },
-    }
 
 
 def main(params: dict[str, Any], evaluation: str, cell: str) -> dict[str, Any]:
@@ -178,7 +156,12 @@ def main(params: dict[str, Any], evaluation: str, cell: str) -> dict[str, Any]:
                 )
                 results[spec.name]["checkpoints"][label] = entry
                 verdict_rows += [
-                    keyword_verdict_row(label, row, keyword_judges, verdicts, found, index)
+                    {
+                        "checkpoint": label,
+                        "set": row["set"],
+                        "id": row["id"],
+                        **verdict_columns(verdicts, found, index),
+                    }
                     for index, row in enumerate(part)
                 ]
                 spans.append((spec, checkpoint, len(rows), len(rows) + len(part)))
