@@ -360,8 +360,10 @@ def test_adding_a_set_alone_or_changing_a_groups_set_reruns_only_that_unit(smoke
         )
         assert unit_results(ran)["benign-more"]["prompts"] == 3
         # Framing a group's set differently reruns its group, not the set alone. Stages left
-        # stale by earlier tests stay stale, so the group's stages are looked for among all
-        # stale stages and the other unit's among those this change made stale.
+        # stale before (by earlier tests, and the new set's not run) stay stale, so the group's
+        # stages are looked for among all stale stages and the other unit's among those this
+        # change made stale.
+        before = changed_stages(smoke_project)
         members["benign-tiny"]["prefix"] = "Please: "
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         changed = changed_stages(smoke_project)
