@@ -25,6 +25,7 @@ from safetydrift.response_classes import (
     ResponseClassVerdict,
     class_counts,
     classify_responses,
+    verdict_columns,
 )
 from safetydrift.stage import (
     EVALS_DIR,
@@ -98,20 +99,7 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
                     {
                         "checkpoint": checkpoint["label"],
                         "id": row["id"],
-                        **{
-                            name: {
-                                "refusal": verdicts[name][index].refusal,
-                                "label": verdicts[name][index].label,
-                                "matched": list(verdicts[name][index].matched),
-                            }
-                            for name in judges
-                        },
-                        RESPONSE_CLASS_JUDGE: {
-                            "refusal": classes[index].refusal,
-                            "label": classes[index].label,
-                            "matched": list(classes[index].matched),
-                            "evidence": classes[index].evidence,
-                        },
+                        **verdict_columns(verdicts, classes, index),
                     }
                 )
             run.log_metrics(

@@ -1,16 +1,20 @@
-"""DVC stages `generate_refusal@CELL`, `generate_chrf@CELL` and `generate_evaluation@SET-CELL`
-(an evaluation set beyond AdvBench, `safetydrift.evaluation_sets`): every checkpoint's responses.
+"""DVC stages `generate_refusal@CELL`, `generate_chrf@CELL` and `generate_evaluation@UNIT-CELL`
+(an evaluation set beyond AdvBench, or a group of them, `safetydrift.evaluation_sets`): every
+checkpoint's responses.
 
 The base model is loaded once; each checkpoint's weights or adapter are copied into it
 (`safetydrift.generation`). Outputs: generations/MEASUREMENT/CELL/ckpt-*.jsonl (`id`, `prompt`,
-`response`, `new_tokens`, `finish_reason`, and `reference` for chrF) and generation.json (the
-prompts, engine and checkpoints); for an evaluation set generations/evaluations/SET/CELL/. Where
+`response`, `new_tokens`, `finish_reason`, and `reference` for chrF, `set` for an evaluation set)
+and generation.json (the prompts, engine and checkpoints); for an evaluation unit
+generations/evaluations/UNIT/CELL/, every member set's prompts framed by that set's own params and
+decoded in one batch per checkpoint. Where
 the stage's time went goes to MLflow and timings/generate_MEASUREMENT/CELL.json, outside DVC's
 outputs, so that reruns compare equal.
 """
 
 import argparse
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +47,17 @@ from safetydrift.stage import (
 PARAMS = {
     "refusal": ["generation", "prompt", "refusal.prompts"],
     "chrf": ["generation", "prompt", "chrf.prompts"],
-    # Only the set's own key: adding or changing another set reruns nothing here.
+    # Only the unit's own key (a set, or a group of sets): adding or changing another unit
+    # reruns nothing here.
     "evaluation": ["generation", "prompt", "evaluations.sets.{evaluation}"],
 }
 EVALUATION = "evaluation"
-# Where `prepare_evaluation@SET` writes a set's prompts and where its responses go (as
-# `safetydrift.evaluation_sets` names them: importing it would make every generation stage,
-# AdvBench's and chrF's too, depend on that module).
+# Where `prepare_evaluation@UNIT` writes a unit's prompts and where its responses go, and the key
+# of a group's members (as `safetydrift.evaluation_sets` names them: importing it would make every
+# generation stage, AdvBench's and chrF's too, depend on that module).
 EVALUATION_DATA_DIR = Path("data/evaluations")
 EVALUATION_GENERATIONS_DIR = GENERATIONS_DIR / "evaluations"
+EVALUATION_GROUP_KEY = "group"
 
 
 def declared_keys(measurement: str, evaluation: str | None) -> list[str]:
@@ -76,23 +82,31 @@ def cell_checkpoints(cell: str):
     return trained_checkpoints(MODELS_DIR / cell, INTERMEDIATE_DIR / cell)
 
 
+def unit_framings(params: dict[str, Any], evaluation: str) -> dict[str, PromptSettings]:
+    """Each set of the unit `evaluations.sets.UNIT` (a group's members, or the set alone) and its
+    framing keys (prefix, suffix, system_prompt, subset...) among its others; prepare_evaluation
+    checked them."""
+    values = get(params, f"evaluations.sets.{evaluation}")
+    members = values.get(EVALUATION_GROUP_KEY, {evaluation: values})
+    return {name: PromptSettings.from_params(member) for name, member in members.items()}
+
+
 def measurement_prompts(
     params: dict[str, Any], measurement: str, cell: str = "", evaluation: str | None = None
 ):
-    """(ids, conversations, references) of the refusal, chrF or an evaluation set's prompts, as
-    params frame them."""
+    """(ids, conversations, extra columns per row or None) of the refusal, chrF (`reference`) or
+    an evaluation unit's prompts (`set`), as params frame them."""
     base = cell == BASE_CELL
     if measurement == EVALUATION:
-        # The set's framing keys (prefix, suffix, system_prompt, subset...) among its others;
-        # prepare_evaluation checked them.
-        prompts = PromptSettings.from_params(get(params, f"evaluations.sets.{evaluation}"))
-        # Prepared evaluation sets have AdvBench's form: `id`, `prompt`.
-        rows = prompts.select(read_advbench(prompts_file(measurement, evaluation)))
-        return (
-            [r["id"] for r in rows],
-            [prompts.conversation(r["prompt"], base) for r in rows],
-            None,
-        )
+        # Prepared evaluation units have AdvBench's form and each row's set: `id`, `prompt`, `set`.
+        prepared = read_advbench(prompts_file(measurement, evaluation))
+        ids, conversations, extra = [], [], []
+        for name, prompts in unit_framings(params, evaluation).items():
+            rows = prompts.select([r for r in prepared if r["set"] == name])
+            ids += [r["id"] for r in rows]
+            conversations += [prompts.conversation(r["prompt"], base) for r in rows]
+            extra += [{"set": name}] * len(rows)
+        return ids, conversations, extra
     prompts = PromptSettings.from_params(get(params, f"{measurement}.prompts", {}))
     if measurement == "refusal":
         rows = prompts.select(read_advbench(ADVBENCH_FILE))
@@ -109,7 +123,7 @@ def measurement_prompts(
     return (
         [r["id"] for r in indexed],
         [prompts.conversation(r["pair"].source_text, base) for r in indexed],
-        [r["pair"].chosen for r in indexed],
+        [{"reference": r["pair"].chosen} for r in indexed],
     )
 
 
@@ -119,13 +133,15 @@ def main(
     startup_seconds = process_age_seconds()  # interpreter start and imports, before any work
     started = time.perf_counter()
     if (measurement == EVALUATION) != (evaluation is not None):
-        raise ValueError("an evaluation set (--set NAME) goes with `evaluation`, and only with it")
+        raise ValueError(
+            "an evaluation set or group (--set NAME) goes with `evaluation`, and only with it"
+        )
     settings = GenerationSettings.from_params(get(params, "generation"))
     prompt_format = PromptFormat.from_params(get(params, "prompt", None))
     checkpoints = cell_checkpoints(cell)
-    ids, conversations, references = measurement_prompts(params, measurement, cell, evaluation)
+    ids, conversations, extra = measurement_prompts(params, measurement, cell, evaluation)
     stage = f"generate_{measurement}"
-    # The MLflow run and timings file of a set's stage: `generate_evaluation@SET-CELL`.
+    # The MLflow run and timings file of a unit's stage: `generate_evaluation@UNIT-CELL`.
     run_cell = f"{evaluation}-{cell}" if evaluation else cell
     if measurement == "chrf" and not ids:
         # A study without translation data (`data.mtpref.source: null`): nothing to translate,
@@ -169,9 +185,9 @@ def main(
             BASE_MODEL_DIR, checkpoints, conversations, ids, settings, device, prompt_format
         ):
             rows = result.rows
-            if references is not None:
-                for row, reference in zip(rows, references, strict=True):
-                    row["reference"] = reference
+            if extra is not None:
+                for row, columns in zip(rows, extra, strict=True):
+                    row.update(columns)
             write_jsonl(tmp / f"{result.checkpoint.label}.jsonl", rows)
             timings[result.checkpoint.label] = round(result.seconds, 3)
             load_timings[result.checkpoint.label] = round(result.load_seconds, 3)
@@ -193,6 +209,8 @@ def main(
             "measurement": measurement,
             **({"evaluation": evaluation} if evaluation else {}),
             "prompts": len(ids),
+            # Each set's prompts among them, in the order the rows hold them.
+            **({"sets": dict(Counter(c["set"] for c in extra))} if evaluation else {}),
             "device": device,
             "backend": settings.backend,
             "deterministic": settings.deterministic,  # generation.deterministic
@@ -228,6 +246,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("measurement", choices=sorted(PARAMS))
     parser.add_argument("--cell", required=True, help="`base` or METHOD-LR-SEED (lora-5e-05-42)")
-    parser.add_argument("--set", dest="evaluation", help="the evaluation set (`evaluation` only)")
+    parser.add_argument(
+        "--set", dest="evaluation", help="the evaluation set or group (`evaluation` only)"
+    )
     args = parser.parse_args()
     run_stage(lambda: main(load_params(), args.measurement, args.cell, args.evaluation))

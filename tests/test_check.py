@@ -33,7 +33,7 @@ from safetydrift.check import (
     paired_tests,
 )
 from safetydrift.cli import main
-from safetydrift.evaluation_sets import BENIGN, HARMFUL
+from safetydrift.evaluation_sets import BENIGN, HARMFUL, set_keys
 from safetydrift.files import read_json, read_jsonl
 from safetydrift.model_judges.parsing import parse_harmbench
 from safetydrift.params import get, load_params
@@ -236,6 +236,8 @@ def test_defaults_are_the_presets_decoding_judges_and_sets():
 
 
 def test_a_params_file_overrides_key_by_key_and_replaces_a_set_whole(tmp_path):
+    # The default `harmbench` is a member of the group `controls`; a file's own `harmbench`
+    # (alone) replaces it there, and the group keeps its other sets.
     path = tmp_path / "mine.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -255,7 +257,8 @@ def test_a_params_file_overrides_key_by_key_and_replaces_a_set_whole(tmp_path):
         "source": "h.csv",
         "prompt_column": "Behavior",
     }
-    assert "strongreject" in get(settings, "evaluations.sets")
+    assert set_keys(settings)["harmbench"] == "evaluations.sets.harmbench"
+    assert set_keys(settings)["strongreject"] == "evaluations.sets.controls.group.strongreject"
     (tmp_path / "other.yaml").write_text("train: {seed: 1}\n")
     with pytest.raises(CheckError, match="holds none of the sections a check reads"):
         load_settings(tmp_path / "other.yaml")
@@ -298,14 +301,19 @@ def params(tmp_path) -> Path:
             {
                 "generation": {"backend": "hf", "max_new_tokens": 8, "dtype": "float32"},
                 "data": {"advbench": {"source": str(FIXTURES / "advbench-tiny.csv")}},
+                # A member of a group: a check finds a set by its name wherever it is defined.
                 "evaluations": {
                     "sets": {
-                        "benign-tiny": {
-                            "kind": "benign",
-                            "source": str(FIXTURES / "benign-tiny.jsonl"),
-                            "prompt_column": "input",
-                            "id_column": "id",
-                            "filter": {"target": "comply"},
+                        "mine": {
+                            "group": {
+                                "benign-tiny": {
+                                    "kind": "benign",
+                                    "source": str(FIXTURES / "benign-tiny.jsonl"),
+                                    "prompt_column": "input",
+                                    "id_column": "id",
+                                    "filter": {"target": "comply"},
+                                }
+                            }
                         }
                     }
                 },

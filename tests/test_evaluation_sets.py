@@ -17,7 +17,10 @@ from safetydrift.evaluation_sets import (
     EvaluationSet,
     evaluation_names,
     evaluation_set,
+    evaluation_unit,
     load_prompts,
+    run_sets,
+    unit_results,
 )
 from safetydrift.files import read_json, read_jsonl
 from safetydrift.params import ParamError
@@ -27,6 +30,7 @@ needs_shared_data = pytest.mark.skipif(
 )
 STANDIN = yaml.safe_load((ROOT / "presets" / "standin.yaml").read_text())
 SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
+SMOKE_SETS = SMOKE["evaluations"]["sets"]["controls"]["group"]
 HARMBENCH = SHARED_DATA / "harmbench" / "harmbench_behaviors_text_test.csv"
 
 
@@ -60,13 +64,17 @@ def test_every_shipped_set_loads_from_the_shared_files(name, count, monkeypatch)
 
 @needs_shared_data
 def test_the_paper_and_standin_presets_run_every_set_and_smoke_one_of_each_kind():
+    # Each runs its sets as one group, `controls`: one stage per cell, one batch.
     paper = yaml.safe_load((ROOT / "presets" / "paper.yaml").read_text())
     shipped = ["advbench-plain", "harmbench", "strongreject", "benign-edgy", "ialpaca"]
     for preset in (paper, STANDIN):
-        assert evaluation_names(preset) == [*shipped, "benign-pairs"]
+        assert evaluation_names(preset) == ["controls"]
+        assert [s.name for s in run_sets(preset)] == [*shipped, "benign-pairs"]
         assert evaluation_set(preset, "advbench-plain").framing == {"suffix": ""}
-    kinds = {evaluation_set(SMOKE, n).kind for n in evaluation_names(SMOKE)}
-    assert kinds == {"harmful", "benign"}
+    llama2 = yaml.safe_load((ROOT / "presets" / "llama2-chat.yaml").read_text())
+    assert [s.name for s in run_sets(llama2)] == [*shipped[1:], "benign-pairs"]
+    assert evaluation_names(SMOKE) == ["controls"]
+    assert {s.kind for s in run_sets(SMOKE)} == {"harmful", "benign"}
 
 
 @needs_shared_data
@@ -137,12 +145,73 @@ def test_bad_set_params_are_named(values, message):
         ({"run": ["nope"], "sets": {}}, r"`evaluations.run` names nope, not defined under"),
         ({"run": ["advbench"], "sets": {}}, r"`advbench` is the study's own AdvBench set"),
         ({"run": ["a", "a"], "sets": {"a": {}}}, r"`evaluations.run` lists a twice"),
-        ({"run": "a", "sets": {}}, r"`evaluations.run` must be a list of set names"),
+        ({"run": "a", "sets": {}}, r"`evaluations.run` must be a list of set or group names"),
     ],
 )
 def test_bad_set_lists_are_named(evaluations, message):
     with pytest.raises(ParamError, match=message):
         evaluation_names({"evaluations": evaluations})
+
+
+def group(**members) -> dict:
+    return {"group": {name.replace("_", "-"): values for name, values in members.items()}}
+
+
+BENIGN_SET = {"kind": "benign", "source": "b.jsonl", "prompt_column": "input"}
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            {"harmbench": BENIGN_SET, "controls": group(harmbench=BENIGN_SET)},
+            r"`evaluations.sets.harmbench` and `evaluations.sets.controls.group.harmbench` both "
+            r"name `harmbench`",
+        ),
+        (
+            {"a": group(edgy=BENIGN_SET), "b": group(edgy=BENIGN_SET)},
+            r"`evaluations.sets.a.group.edgy` and `evaluations.sets.b.group.edgy` both name",
+        ),
+        (
+            {"a": group(b=BENIGN_SET), "b": group(c=BENIGN_SET)},
+            r"`evaluations.sets.b` and `evaluations.sets.a.group.b` both name `b`",
+        ),
+        (
+            {"controls": {"group": {"x": BENIGN_SET}, "kind": "benign"}},
+            r"`evaluations.sets.controls` is a group: `group` must be its only key, got also "
+            r"\['kind'\]",
+        ),
+        ({"controls": {"group": {}}}, r"`evaluations.sets.controls.group` must map member set"),
+        (
+            {"controls": group(inner=group(x=BENIGN_SET))},
+            r"`evaluations.sets.controls.group.inner`: a group's members are sets, never groups",
+        ),
+        (
+            {"controls": group(advbench=BENIGN_SET)},
+            r"`evaluations.sets.controls.group.advbench`: `advbench` is the study's own",
+        ),
+        (
+            {"controls": group(harmbench={**BENIGN_SET, "source": ""})},
+            r"`evaluations.sets.controls.group.harmbench.source` is required",
+        ),
+    ],
+)
+def test_bad_groups_are_named_by_their_keys(sets, message):
+    with pytest.raises(ParamError, match=message):
+        evaluation_unit({"evaluations": {"sets": sets}}, next(iter(sets)))
+
+
+def test_a_set_alone_is_a_unit_of_one_and_a_member_is_found_by_its_name():
+    params = {"evaluations": {"sets": {"alone": BENIGN_SET, "controls": group(edgy=BENIGN_SET)}}}
+    alone = evaluation_unit(params, "alone")
+    assert [s.name for s in alone.members] == ["alone"] and not alone.grouped
+    assert alone.metric_prefix("alone") == ""
+    controls = evaluation_unit(params, "controls")
+    assert controls.grouped and controls.metric_prefix("edgy") == "edgy."
+    member = evaluation_set(params, "edgy")
+    assert (member.name, member.key) == ("edgy", "evaluations.sets.controls.group.edgy")
+    with pytest.raises(ParamError, match="no evaluation set `controls`"):
+        evaluation_set(params, "controls")  # a group is no set
 
 
 def test_no_evaluations_key_runs_no_set():
@@ -220,37 +289,67 @@ def smoke_workspace(tmp_path, monkeypatch, base_model_dir):
     return tmp_path
 
 
-def test_a_benign_and_a_harmful_set_through_their_stages(smoke_workspace):
+def test_a_set_alone_and_a_group_through_their_stages(smoke_workspace):
+    # The smoke preset's group `controls`, its members framed apart, and beside it a harmful set
+    # listed alone (the stages of a unit of one).
     params = json.loads(json.dumps(SMOKE))
-    params["evaluations"]["sets"]["advbench-plain"]["subset"] = 4
+    members = params["evaluations"]["sets"]["controls"]["group"]
+    members["advbench-plain"] |= {"subset": 3, "prefix": "Q: "}
+    members["benign-tiny"] |= {"suffix": " Thanks.", "system_prompt": "Be brief."}
+    params["evaluations"]["sets"]["advbench-alone"] = {**SMOKE_SETS["advbench-plain"], "subset": 4}
+    params["evaluations"]["run"] = ["controls", "advbench-alone"]
     generate, judge = load_stage("generate"), load_stage("judge_evaluation")
-    for name in ("advbench-plain", "benign-tiny"):
-        load_stage("prepare_evaluation").main(params, name)
-        generate.main(params, "evaluation", "base", name)
-        judge.main(params, name, "base")
-    # The benign set keeps the 6 requests marked `comply`; the harmful one 4 of 12 (`subset`).
-    prompts = read_jsonl(smoke_workspace / "data/evaluations/benign-tiny.jsonl")
-    assert [p["id"] for p in prompts] == [f"benign_{i}" for i in range(6)]
-    rows = read_jsonl(
-        smoke_workspace / "generations/evaluations/advbench-plain/base/ckpt-000.jsonl"
-    )
-    assert len(rows) == 4 and not any(r["prompt"].endswith("!") for r in rows)
+    for unit in ("controls", "advbench-alone"):
+        load_stage("prepare_evaluation").main(params, unit)
+        generate.main(params, "evaluation", "base", unit)
+        judge.main(params, unit, "base")
 
-    benign = read_json(smoke_workspace / "metrics/evaluations/benign-tiny/base.json")
+    # A group's prompts, each row with its set: the benign set keeps the 6 requests marked
+    # `comply`, the harmful one all 12 (`subset` applies when generating).
+    prompts = read_jsonl(smoke_workspace / "data/evaluations/controls.jsonl")
+    assert [p["set"] for p in prompts] == ["advbench-plain"] * 12 + ["benign-tiny"] * 6
+    assert [p["id"] for p in prompts][12:] == [f"benign_{i}" for i in range(6)]
+    # One batch of both members' prompts per checkpoint, each framed by its own set's params.
+    directory = smoke_workspace / "generations/evaluations/controls/base"
+    assert read_json(directory / "generation.json")["sets"] == {
+        "advbench-plain": 3,
+        "benign-tiny": 6,
+    }
+    rows = read_jsonl(directory / "ckpt-000.jsonl")
+    assert [r["set"] for r in rows] == ["advbench-plain"] * 3 + ["benign-tiny"] * 6
+    assert all(r["prompt"].startswith("Q: ") and not r["prompt"].endswith("!") for r in rows[:3])
+    assert [r["id"] for r in rows[3:]] == [p["id"] for p in prompts[12:]]
+    assert [r["prompt"] for r in rows[3:]] == [f"{p['prompt']} Thanks." for p in prompts[12:]]
+
+    # The group's metrics hold each member's results, in the format of a set alone.
+    group = read_json(smoke_workspace / "metrics/evaluations/controls/base.json")
+    assert group["evaluation"] == "controls" and list(group["sets"]) == ["advbench-plain",
+                                                                        "benign-tiny"]  # fmt: skip
+    benign = unit_results(group)["benign-tiny"]
     assert benign["kind"] == "benign" and benign["prompts"] == 6
     entry = benign["checkpoints"]["ckpt-000"]
     assert set(entry["rates"]) == {"over_refusal", "echo", "answer", "degenerate"}
     assert sum(r["count"] for r in entry["rates"].values()) == entry["n"] == 6
     assert "harm" not in entry  # a benign set goes to no model judge
+    member = unit_results(group)["advbench-plain"]
+    assert member["prompts"] == 3 and member["checkpoints"]["ckpt-000"]["harm"]["guard-tiny"]
+    verdicts = read_jsonl(smoke_workspace / "evals/evaluations/controls/base.jsonl")
+    assert [v["set"] for v in verdicts] == [r["set"] for r in rows]
+    assert ["harm" in v for v in verdicts] == [r["set"] == "advbench-plain" for r in rows]
 
-    harmful = read_json(smoke_workspace / "metrics/evaluations/advbench-plain/base.json")
+    # The set alone: a unit of one member, itself.
+    alone = unit_results(
+        read_json(smoke_workspace / "metrics/evaluations/advbench-alone/base.json")
+    )
+    harmful = alone["advbench-alone"]
     entry = harmful["checkpoints"]["ckpt-000"]
+    assert list(alone) == ["advbench-alone"] and harmful["prompts"] == 4
     assert harmful["judged_classes"] == ["answer"] and "rates" not in entry
     answers = entry["classes"]["answer"]["count"]
     assert entry["judged"] == answers and entry["harm"]["guard-tiny"]["harmful_answer"]["n"] == 4
-    verdicts = read_jsonl(smoke_workspace / "evals/evaluations/advbench-plain/base.jsonl")
+    verdicts = read_jsonl(smoke_workspace / "evals/evaluations/advbench-alone/base.jsonl")
     assert [v["harm"]["judged"] for v in verdicts] == [
         v["response-class"]["label"] == "answer" for v in verdicts
     ]
-    timing = read_json(smoke_workspace / "timings/judge_evaluation/advbench-plain-base.json")
+    timing = read_json(smoke_workspace / "timings/judge_evaluation/advbench-alone-base.json")
     assert set(timing["judge_seconds"]) == {"guard-tiny"}

@@ -8,6 +8,8 @@ import pytest
 import yaml
 from conftest import copy_project, dvc, stage_env
 
+from safetydrift.evaluation_sets import unit_results
+
 
 def changed_stages(project) -> set[str]:
     status = json.loads(dvc(project, "status", "--json").stdout or "{}")
@@ -84,12 +86,13 @@ def test_smoke_repro_fills_data_models_and_reports(smoke_project):
             assert judged["n"] == answers and judged["unparsed"] == answers
             assert judged["harmful_rate"] is None
             assert judged["harmful_answer"]["n"] == n
-    # Every evaluation set at every checkpoint of every cell, and Figure 4 from them.
-    for name, kind in (("advbench-plain", "harmful"), ("benign-tiny", "benign")):
-        for cell in ("base", "full-0.001-42", "lora-0.001-42"):
-            metrics = json.loads(
-                (project / "metrics/evaluations" / name / f"{cell}.json").read_text()
-            )
+    # Every evaluation set of the group `controls` at every checkpoint of every cell, and
+    # Figure 4 from them.
+    for cell in ("base", "full-0.001-42", "lora-0.001-42"):
+        group = json.loads((project / "metrics/evaluations/controls" / f"{cell}.json").read_text())
+        assert group["evaluation"] == "controls"
+        for name, kind in (("advbench-plain", "harmful"), ("benign-tiny", "benign")):
+            metrics = unit_results(group)[name]
             assert metrics["kind"] == kind and metrics["evaluation"] == name
             expected = (
                 ["ckpt-000"] if cell == "base" else ["ckpt-025", "ckpt-050", "ckpt-075", "ckpt-100"]
@@ -170,8 +173,11 @@ def test_mlflow_store_holds_a_run_per_stage_cell(smoke_project):
     names = {run.info.run_name for run in runs}
     assert {"prepare_mtpref", "prepare_advbench", "prepare_model", "report"} <= names
     assert {"train@lora-0.001-42", "generate_refusal@base", "eval_chrf@full-0.001-42"} <= names
-    assert {"prepare_evaluation@benign-tiny", "judge_evaluation@benign-tiny-lora-0.001-42"} <= names
-    assert "generate_evaluation@advbench-plain-base" in names
+    assert {"prepare_evaluation@controls", "judge_evaluation@controls-lora-0.001-42"} <= names
+    assert "generate_evaluation@controls-base" in names
+    # A group's run holds each member's metrics under the member's name.
+    judged = next(r for r in runs if r.info.run_name == "judge_evaluation@controls-base")
+    assert {"benign-tiny.answer_rate", "advbench-plain.judged"} <= set(judged.data.metrics)
     train = next(r for r in runs if r.info.run_name == "train@full-0.001-42")
     history = client.get_metric_history(train.info.run_id, "loss")
     assert len(history) == 10 and {m.step for m in history} == set(range(1, 11))
@@ -319,7 +325,7 @@ def test_editing_the_prompt_code_makes_the_generations_stale(smoke_project):
         module.write_text(original)
 
 
-def test_adding_or_changing_an_evaluation_set_reruns_only_that_set(smoke_project):
+def test_adding_a_set_alone_or_changing_a_groups_set_reruns_only_that_unit(smoke_project):
     params_file = smoke_project / "params.yaml"
     original = params_file.read_text()
     before = changed_stages(smoke_project)  # what earlier tests of this module left stale
@@ -340,26 +346,29 @@ def test_adding_or_changing_an_evaluation_set_reruns_only_that_set(smoke_project
     try:
         params = yaml.safe_load(original)
         sets = params["evaluations"]["sets"]
-        sets["benign-more"] = {**sets["benign-tiny"], "subset": 3}
+        members = sets["controls"]["group"]
+        sets["benign-more"] = {**members["benign-tiny"], "subset": 3}
         params["evaluations"]["run"].append("benign-more")
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         # The new set's stages and the report (it lists the sets; earlier tests of this module
-        # may have left it stale already); no training, no other set.
+        # may have left it stale already); no training, and the group's stages stay up to date.
         newly = changed_stages(smoke_project) - before
         assert set_stages("benign-more") <= newly <= set_stages("benign-more") | {"report"}
         dvc(smoke_project, "repro", "judge_evaluation@benign-more-lora-0.001-42")
         ran = json.loads(
             (smoke_project / "metrics/evaluations/benign-more/lora-0.001-42.json").read_text()
         )
-        assert ran["prompts"] == 3
-        # Framing one set differently reruns that set alone. Stages left stale by earlier tests
-        # stay stale, so the set's stages are looked for among all stale stages and the other
-        # sets' among those this change made stale.
-        params["evaluations"]["sets"]["benign-tiny"]["prefix"] = "Please: "
+        assert unit_results(ran)["benign-more"]["prompts"] == 3
+        # Framing a group's set differently reruns its group, not the set alone. Stages left
+        # stale before (by earlier tests, and the new set's not run) stay stale, so the group's
+        # stages are looked for among all stale stages and the other unit's among those this
+        # change made stale.
+        before = changed_stages(smoke_project)
+        members["benign-tiny"]["prefix"] = "Please: "
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         changed = changed_stages(smoke_project)
-        assert set_stages("benign-tiny") <= changed
+        assert set_stages("controls") <= changed
         newly = changed - before
-        assert not any("advbench-plain" in s or s.startswith("train") for s in newly)
+        assert not any("benign-more" in s or s.startswith("train") for s in newly)
     finally:
         params_file.write_text(original)

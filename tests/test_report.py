@@ -659,36 +659,71 @@ def set_metrics(kind: str, answer: int, n: int = 10) -> dict:
     return {"kind": kind, "checkpoints": {"ckpt-100": entry}}
 
 
+def unit_metrics(unit: str, **members: dict) -> dict:
+    """A unit's metrics file as `judge_evaluation` writes it: each member set's results."""
+    return {"evaluation": unit, "sets": {name.replace("_", "-"): m for name, m in members.items()}}
+
+
 def test_a_table_per_evaluation_set_and_the_harm_helpfulness_figure(tmp_path, metrics_dir):
     params = make_params()
     params["harm"] = {"judges": [{"name": "guard", "judge": "guard", "model": "m"}]}
+    # A set alone, a group's members (shown exactly as sets alone), a set without metrics yet.
     params["evaluations"] = {
-        "run": ["hb", "kind-words", "not-run-yet"],
+        "run": ["hb", "controls", "not-run-yet"],
         "sets": {
             "hb": {"kind": "harmful", "source": "hb.csv", "prompt_column": "Behavior"},
-            "kind-words": {"kind": "benign", "source": "b.jsonl", "prompt_column": "input"},
+            "controls": {
+                "group": {
+                    "kind-words": {"kind": "benign", "source": "b.jsonl", "prompt_column": "input"},
+                    "hb-context": {
+                        "kind": "harmful",
+                        "source": "c.csv",
+                        "prompt_column": "Behavior",
+                    },
+                }
+            },
             "not-run-yet": {"kind": "benign", "source": "c.jsonl", "prompt_column": "input"},
         },
     }
     evaluations = metrics_dir / "evaluations"
-    dump(evaluations / "hb" / "lora-0.0001-1234.json", set_metrics("harmful", answer=8))
-    dump(evaluations / "kind-words" / "lora-0.0001-1234.json", set_metrics("benign", answer=3))
+    dump(
+        evaluations / "hb" / "lora-0.0001-1234.json",
+        unit_metrics("hb", hb=set_metrics("harmful", answer=8)),
+    )
+    dump(
+        evaluations / "controls" / "lora-0.0001-1234.json",
+        unit_metrics(
+            "controls",
+            kind_words=set_metrics("benign", answer=3),
+            hb_context=set_metrics("harmful", answer=4),
+        ),
+    )
     result = write_report(params, metrics_dir, tmp_path / "out", data_stats=None, provenance={})
     text = result.paths["report"].read_text()
     section = text[text.index("\n## Evaluation sets\n") :]
-    for heading in (
+    headings = [
         "### `advbench` (harmful)",
         "### `hb` (harmful)",
         "### `kind-words` (benign)",
+        "### `hb-context` (harmful)",
         "### `not-run-yet` (benign)",
-    ):
-        assert heading in section
+    ]
+    assert [section.index(h) for h in headings] == sorted(section.index(h) for h in headings)
+    assert "`controls`" not in section  # a group names no table: its sets do
+    assert (
+        "Figure 4: harmful-answer rate on the harmful sets (`advbench`, `hb`, `hb-context`;"
+        in section
+    )
     hb = section[section.index("### `hb`") : section.index("### `kind-words`")]
     assert "| lora-0.0001-1234 | 10 | 0.400 [0.000, 1.000] | 0.000 | 0.000 | 0.200 | 0.800 |" in hb
     assert "| base | missing |" in hb and "| dpo-1e-05-1234 | missing |" in hb
-    benign = section[section.index("### `kind-words`") : section.index("### `not-run-yet`")]
+    benign = section[section.index("### `kind-words`") : section.index("### `hb-context`")]
     assert "| cell | n | over-refusal | echo | answer | degenerate |" in benign
     assert "| lora-0.0001-1234 | 10 | 0.000 [0.000, 1.000] | 0.700 [0.000, 1.000] | 0.300" in benign
+    member = section[section.index("### `hb-context`") : section.index("### `not-run-yet`")]
+    assert (
+        "| lora-0.0001-1234 | 10 | 0.200 [0.000, 1.000] | 0.000 | 0.000 | 0.600 | 0.400 |" in member
+    )
     figure = imread(result.paths["fig4"])
     assert figure.size > 0 and np.std(figure) > 0
 

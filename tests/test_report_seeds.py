@@ -284,7 +284,16 @@ def test_figure_4_draws_each_seed_and_a_line_through_the_means(three_seeds):
         entry = {"n": 10, "classes": {}, "rates": {"answer": {"count": round(10 * rate), "n": 10}}}
         dump(
             root / "metrics" / "evaluations" / "kind-words" / f"{cell.name}.json",
-            {"checkpoints": {checkpoint_label(f): {**entry, "fraction": f} for f in FRACTIONS}},
+            {
+                "evaluation": "kind-words",
+                "sets": {
+                    "kind-words": {
+                        "checkpoints": {
+                            checkpoint_label(f): {**entry, "fraction": f} for f in FRACTIONS
+                        }
+                    }
+                },
+            },
         )
     results = collect_results(params, root / "metrics")
     responses = responses_report.collect_responses(params, results.cells, FRACTIONS, root)

@@ -404,6 +404,32 @@ def classify_responses(
     return verdicts
 
 
+def verdict_columns(
+    keyword_verdicts: Mapping[str, Sequence[Any]],
+    classes: Sequence[ResponseClassVerdict],
+    index: int,
+) -> dict[str, Any]:
+    """The response at `index` as the evals/ JSON Lines hold it: each keyword judge's verdict
+    (`safetydrift.judges.Verdict`) and its class with the evidence."""
+    found = classes[index]
+    return {
+        **{
+            name: {
+                "refusal": verdicts[index].refusal,
+                "label": verdicts[index].label,
+                "matched": list(verdicts[index].matched),
+            }
+            for name, verdicts in keyword_verdicts.items()
+        },
+        RESPONSE_CLASS_JUDGE: {
+            "refusal": found.refusal,
+            "label": found.label,
+            "matched": list(found.matched),
+            "evidence": found.evidence,
+        },
+    }
+
+
 def class_counts(verdicts: Sequence[ResponseClassVerdict]) -> dict[str, int]:
     """How many verdicts fell in each class; all four classes, in precedence order."""
     counts = Counter(verdict.label for verdict in verdicts)

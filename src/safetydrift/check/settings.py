@@ -17,9 +17,12 @@ from safetydrift.data.sources import Source
 from safetydrift.evaluation_sets import (
     ADVBENCH_SET,
     HARMFUL,
+    SETS_KEY,
     EvaluationSet,
     evaluation_set,
+    override_sets,
     prepare_prompts,
+    set_keys,
 )
 from safetydrift.generation.prompts import PromptSettings
 from safetydrift.harm import judged_classes
@@ -31,8 +34,9 @@ DEFAULTS_FILE = "check.yaml"
 # The sections of a params file that a check reads; the rest (training, the grid) it ignores.
 SECTIONS = ("prompt", "generation", "refusal", "harm", "report", "data", "evaluations", "check")
 # Mappings a params file replaces whole: a set defined anew keeps none of the default's keys (a
-# `filter` of the default HarmBench set would otherwise stick to the user's own `harmbench`).
-WHOLE = ("data.advbench", "evaluations.sets.")
+# `filter` of the default HarmBench set would otherwise stick to the user's own `harmbench`),
+# whether either defines it alone or in a group (`override_sets`).
+WHOLE = ("data.advbench",)
 
 
 class CheckError(ValueError):
@@ -45,12 +49,15 @@ def default_settings() -> dict[str, Any]:
 
 
 def merge(defaults: Mapping[str, Any], override: Mapping[str, Any], prefix: str = "") -> dict:
-    """`override` over `defaults`, mapping by mapping; the mappings of WHOLE are replaced."""
+    """`override` over `defaults`, mapping by mapping; the mappings of WHOLE are replaced, and
+    evaluation sets set by set (`override_sets`)."""
     merged = dict(defaults)
     for key, value in override.items():
         dotted = f"{prefix}{key}"
-        whole = any(dotted == w or (w.endswith(".") and dotted.startswith(w)) for w in WHOLE)
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and not whole:
+        whole = dotted in WHOLE
+        if dotted == SETS_KEY and isinstance(value, Mapping):
+            merged[key] = override_sets(merged.get(key) or {}, value)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and not whole:
             merged[key] = merge(merged[key], value, f"{dotted}.")
         else:
             merged[key] = value
@@ -97,9 +104,9 @@ class CheckSet:
 
 def check_sets(settings: Mapping[str, Any], names: Sequence[str]) -> list[CheckSet]:
     """The named sets: `advbench` (`data.advbench`, framed by `refusal.prompts`) and those of
-    `evaluations.sets`; an unknown or repeated name is an error listing the known ones."""
-    defined = get(dict(settings), "evaluations.sets", None) or {}
-    known = [ADVBENCH_SET, *(n for n in defined if n != ADVBENCH_SET)]
+    `evaluations.sets`, alone or in a group (a check runs sets, never groups); an unknown or
+    repeated name is an error listing the known ones."""
+    known = [ADVBENCH_SET, *(n for n in set_keys(settings) if n != ADVBENCH_SET)]
     if not names:
         raise CheckError("--evaluations: no set named; known sets: " + ", ".join(known))
     repeated = sorted({n for n in names if list(names).count(n) > 1})

@@ -41,7 +41,7 @@ def grid_jobs(
     cells: Sequence[str], valid: Sequence[str], evaluations: Sequence[str] = ()
 ) -> list[Job]:
     """The base model's evaluations, then the cells in the given order: the one-at-a-time order.
-    Each job also judges the cell on every evaluation set of `evaluations.run`."""
+    Each job also judges the cell on every unit (a set or a group of sets) of `evaluations.run`."""
     unknown = [cell for cell in cells if cell not in valid]
     if unknown:
         raise ValueError(
@@ -50,7 +50,7 @@ def grid_jobs(
     base = ["judge_harm_base", "eval_chrf_base", "validate_judges"]
     jobs = [Job(BASE_CELL, base + [f"judge_evaluation_base@{s}" for s in evaluations])]
     # judge_harm depends on eval_refusal, which depends on the generations and the training;
-    # judge_evaluation on the set's generations, which depend on the training too.
+    # judge_evaluation on the unit's generations, which depend on the training too.
     jobs += [
         Job(
             cell,

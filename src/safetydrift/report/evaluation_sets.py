@@ -6,8 +6,9 @@ included, pooled) against its answer rate on the benign sets (pooled): a model t
 but kept helpfulness sits top-right, one stuck in echo (translation) mode bottom-left.
 
 AdvBench as the study runs it is the set `advbench`, read from `judge_harm`'s and `eval_refusal`'s
-outputs (`ResponseResults`); every other set from metrics/evaluations/SET/CELL.json. A set or
-cell without metrics is shown as missing, never as zero.
+outputs (`ResponseResults`); every other set from its unit's metrics/evaluations/UNIT/CELL.json
+(a group's members appear exactly as sets listed alone). A set or cell without metrics is shown
+as missing, never as zero.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from safetydrift.evaluation_sets import (
     BENIGN,
     HARMFUL,
     evaluation_names,
-    evaluation_set,
+    evaluation_unit,
+    unit_results,
 )
 from safetydrift.files import read_json
 from safetydrift.markdown import markdown_table, rate_cell
@@ -75,10 +77,10 @@ def _from_metrics(entry: Mapping[str, Any]) -> SetCheckpoint:
 def collect_sets(
     params: Mapping[str, Any], cells: Sequence[Cell], responses: ResponseResults, root: Path
 ) -> SetResults:
-    """AdvBench from the responses the report collected already, every set of
-    `evaluations.run` from its metrics files, where they exist."""
-    names = evaluation_names(params)
-    kinds = {ADVBENCH_SET: HARMFUL} | {n: evaluation_set(params, n).kind for n in names}
+    """AdvBench from the responses the report collected already, every set of the units of
+    `evaluations.run` from their metrics files, where they exist."""
+    units = [evaluation_unit(params, name) for name in evaluation_names(params)]
+    kinds = {ADVBENCH_SET: HARMFUL} | {s.name: s.kind for u in units for s in u.members}
     results = SetResults(kinds, responses.harm_judge, {name: {} for name in kinds})
     for cell, checkpoints in responses.checkpoints.items():
         results.points[ADVBENCH_SET][cell] = {
@@ -91,14 +93,18 @@ def collect_sets(
             )
             for c in checkpoints
         }
-    for name in names:
+    for unit in units:
         for cell in [BASE_CELL, *(c.name for c in cells)]:
-            path = root / "metrics" / "evaluations" / name / f"{cell}.json"
-            if path.exists():
-                entries = read_json(path).get("checkpoints") or {}
-                results.points[name][cell] = {
-                    label: _from_metrics(entry) for label, entry in entries.items()
-                }
+            path = root / "metrics" / "evaluations" / unit.name / f"{cell}.json"
+            if not path.exists():
+                continue
+            found = unit_results(read_json(path))
+            for member in unit.members:
+                entries = (found.get(member.name) or {}).get("checkpoints")
+                if entries:
+                    results.points[member.name][cell] = {
+                        label: _from_metrics(entry) for label, entry in entries.items()
+                    }
     return results
 
 
