@@ -39,6 +39,16 @@ def test_presets_are_complete():
         assert keys(load_params(ROOT / "presets" / f"{name}.yaml")) - {"model.seed"} == paper
 
 
+def test_the_committed_params_yaml_is_a_preset_that_the_preset_command_may_replace():
+    # `safetydrift preset NAME` refuses to overwrite a params.yaml that matches no preset: one that
+    # drifted from its preset (a comment edited in one and not the other) stops every user's first
+    # `safetydrift preset standin` (it stopped the H200 run of 2026-12-03).
+    held = (ROOT / "params.yaml").read_text()
+    assert any(
+        held == (ROOT / "presets" / f"{name}.yaml").read_text() for name in available_presets(ROOT)
+    )
+
+
 def test_the_preset_command_switches_params_yaml(tmp_path):
     (tmp_path / "presets").mkdir()
     for name in ("paper", "smoke"):
