@@ -130,6 +130,42 @@ def test_next_checkpoint_reuses_the_decoder():
     check(decoder, model, list(reversed(prompts)), eos)
 
 
+def test_caches_beyond_the_budget_are_dropped_least_recently_used_first():
+    model = tiny_model("qwen2")
+    # Three lengths far enough apart to need three cache lengths, in batches of four prompts.
+    generator = torch.Generator().manual_seed(3)
+    prompts = [
+        torch.randint(3, 384, (n,), generator=generator).tolist()
+        for n in [4] * 4 + [70] * 4 + [140] * 4
+    ]
+    eos = stop_tokens(model, prompts)
+    settings = dict(eos_token_ids=eos, pad_token_id=PAD, max_new_tokens=MAX_NEW, max_batch_size=4)
+    kept = StaticCacheDecoder(model, **settings, max_cache_bytes=None)
+    want = kept.decode(prompts)
+    assert len(kept._slots) == 3
+    shapes = sorted(kept._slots, key=lambda key: key[1])
+    sizes = [kept.cache_bytes(*key) for key in shapes]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+    # Room for the two largest caches at once, not for all three.
+    budget = sizes[2] + sizes[1]
+    bounded = StaticCacheDecoder(model, **settings, max_cache_bytes=budget)
+    assert bounded.decode(prompts) == want
+    # Longest first: the shortest batch came last and pushed out the longest, least recent.
+    assert list(bounded._slots) == [shapes[1], shapes[0]]
+    # The same prompts again (the next checkpoint): the same outputs, still within the budget.
+    assert bounded.decode(prompts) == want
+    assert sum(bounded.cache_bytes(*key) for key in bounded._slots) <= budget
+    # A single cache larger than the budget is still made: one batch at a time always runs.
+    tight = StaticCacheDecoder(model, **settings, max_cache_bytes=1)
+    assert tight.decode(prompts) == want
+    assert list(tight._slots) == [shapes[0]]
+    # The shape's cache is what the model's layers allocate.
+    cache = kept._slots[shapes[2]].cache
+    held = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert held == sizes[2]
+
+
 def test_peft_lora_model():
     peft = pytest.importorskip("peft")
     base = tiny_model("qwen2")

@@ -20,6 +20,12 @@ for a single query it folds the query heads that share a key/value head into the
 axis, so each step reads the cache once per key/value head, where transformers' SDPA path with a
 mask (5.17) repeats the whole cache for every query head of the group first.
 
+Each shape's cache stays for the next checkpoint, within `max_cache_bytes` (16 GiB): past it, the
+least recently used shapes are dropped first. A judge reads prompts of many lengths once, each
+batch a new shape that nothing uses again: a batch of 256 rubric prompts on the 1.5B stand-in
+judge has a cache of ~10 GB, and kept, eight such batches would hold 80 GB (a process at ~67 GiB
+filled the H200 of `reports/standin-h200-2026-12-03/`); the budget keeps one of them.
+
 Rows that have stopped stay in the batch (producing padding) until all have: on an H100 with
 Qwen2.5-0.5B in bf16 a replayed step costs about 3.1 ms whatever the rows plus about 4 us a row
 (5.1 ms for 520), so moving the survivors into a smaller batch would save a fifth at most.
@@ -41,6 +47,7 @@ from transformers import AttentionInterface, StaticCache
 ATTENTION_NAME = "safetydrift_static"
 CACHE_LEN_MULTIPLE = 64  # cache lengths are rounded up so that nearby prompt widths share a graph
 WARMUP_STEPS = 2  # eager steps before a capture; they may run past the last real column
+MAX_CACHE_BYTES = 16 * 2**30  # caches kept across batches and calls (see the module's docstring)
 
 
 @dataclass
@@ -118,6 +125,7 @@ class StaticCacheDecoder:
         max_new_tokens: int,
         max_batch_size: int = 1024,
         use_cuda_graphs: bool | None = None,
+        max_cache_bytes: int | None = MAX_CACHE_BYTES,
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -145,6 +153,9 @@ class StaticCacheDecoder:
             raise ValueError(f"CUDA graphs need the model on a CUDA device, it is on {self.device}")
         self.use_cuda_graphs = use_cuda_graphs
         self._eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=self.device)
+        # None: every shape's cache is kept (one batch's cache is kept whatever the budget).
+        self.max_cache_bytes = max_cache_bytes
+        # In order of last use, the least recent first.
         self._slots: dict[tuple[int, int], _Slot] = {}
         self._pool = None
 
@@ -196,9 +207,33 @@ class StaticCacheDecoder:
             for key, config in configs.items():
                 config._attn_implementation = saved[key]
 
+    def cache_bytes(self, rows: int, cache_len: int) -> int:
+        """The bytes of one shape's key/value cache."""
+        config = self.config
+        head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads
+        )
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * config.num_hidden_layers * rows * kv_heads * cache_len * head_dim * element
+
+    def _make_room(self, rows: int, cache_len: int) -> None:
+        if self.max_cache_bytes is None:
+            return
+        needed = self.cache_bytes(rows, cache_len)
+        while self._slots:
+            held = sum(self.cache_bytes(*key) for key in self._slots)
+            if held + needed <= self.max_cache_bytes:
+                return
+            # Its graph goes with it: it holds the addresses of the slot's tensors.
+            del self._slots[next(iter(self._slots))]
+
     def _slot(self, rows: int, cache_len: int) -> _Slot:
         key = (rows, cache_len)
-        if key not in self._slots:
+        if key in self._slots:
+            self._slots[key] = self._slots.pop(key)  # now the most recently used
+        else:
+            self._make_room(rows, cache_len)
             device = self.device
             self._slots[key] = _Slot(
                 rows=rows,
