@@ -332,13 +332,18 @@ def class_shares_figure(results: ResponseResults, cells: Sequence[Cell], new_fig
                     text = (
                         "collapsed" if len(series) == 1 else f"collapsed {collapsed}/{len(series)}"
                     )
-                    ax.text(x, 1.02, text, ha="center", fontsize=6, rotation=90)
+                    # Inside the bar's degenerate part (the bottom one, half of it or more when
+                    # collapsed): above the bar it ran into the panel's title.
+                    ax.text(
+                        x, 0.25, text, ha="center", va="center", fontsize=6, rotation=90,
+                        color="white",
+                    )  # fmt: skip
             if not seeds:
                 ax.text(0.5, 0.5, "missing", transform=ax.transAxes, ha="center")
             title = f"{method}, lr={rate}"
             several = f", mean of {len(seeds)} seeds" if len(seeds) > 1 else ""
             ax.set_title(title + several, fontsize=9)
-            ax.set_ylim(0, 1.15)
+            ax.set_ylim(0, 1)
             ax.tick_params(labelsize=7)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
