@@ -22,9 +22,10 @@ mask (5.17) repeats the whole cache for every query head of the group first.
 
 Each shape's cache stays for the next checkpoint, within `max_cache_bytes` (16 GiB): past it, the
 least recently used shapes are dropped first. A judge reads prompts of many lengths once, each
-batch a new shape that nothing uses again: a batch of 256 rubric prompts on the 1.5B stand-in
-judge has a cache of ~10 GB, and kept, eight such batches would hold 80 GB (a process at ~67 GiB
-filled the H200 of `reports/standin-h200-2026-12-03/`); the budget keeps one of them.
+batch a new shape that nothing uses again: a batch of 256 rubric prompts of ~1,000 tokens, with
+384 new ones, has a cache of ~10 GB on the 1.5B stand-in judge; kept, eight such batches would
+hold 80 GB (a process at ~67 GiB filled the H200 of `reports/standin-h200-2026-12-03/`). The
+budget keeps one of them.
 
 Rows that have stopped stay in the batch (producing padding) until all have: on an H100 with
 Qwen2.5-0.5B in bf16 a replayed step costs about 3.1 ms whatever the rows plus about 4 us a row
