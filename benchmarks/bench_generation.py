@@ -6,6 +6,9 @@ selection, graph capture or compilation):
 - `static`: `safetydrift.fastpaths.decoding.StaticCacheDecoder` (CUDA graphs on a GPU), all
   prompts in one batch unless `--batch-size` says otherwise;
 - `eager`: the same loop without CUDA graphs;
+- `static-unbounded`: `static` keeping every batch shape's cache (no `max_cache_bytes`): with
+  `--batch-size`, `--prompt-tokens` and the judge's `--max-new-tokens`, what the budget saves in
+  peak memory (`peak GiB`) and costs in time;
 - `hf`: transformers' `generate`, all prompts in one left-padded batch, dynamic cache;
 - `hf-static`: the same with `cache_implementation="static"` (transformers compiles the step).
 
@@ -33,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ("static", "eager", "hf", "hf-static")
+ENGINES = ("static", "eager", "static-unbounded", "hf", "hf-static")
 SYNTHETIC_PROMPTS = 520
 
 
@@ -49,6 +52,13 @@ def main() -> None:
         f"(default: {SYNTHETIC_PROMPTS} synthetic prompts of random token ids)",
     )
     parser.add_argument("--limit", type=int, help="use only the first N prompts")
+    parser.add_argument(
+        "--prompt-tokens",
+        default="24-72",
+        metavar="MIN-MAX",
+        help="lengths of the synthetic prompts (default 24-72, about chat-templated AdvBench; "
+        "a judge's rubric prompts: 300-1000)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--engines", default="static,hf")
@@ -68,7 +78,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
     tokenizer = load_tokenizer(args.model)
-    prompt_ids = encode_prompts(tokenizer, args.prompts, args.limit)
+    shortest, _, longest = args.prompt_tokens.partition("-")
+    prompt_ids = encode_prompts(
+        tokenizer, args.prompts, args.limit, (int(shortest), int(longest or shortest))
+    )
     print(
         f"{len(prompt_ids)} prompts, {min(map(len, prompt_ids))}-{max(map(len, prompt_ids))} "
         f"tokens, up to {args.max_new_tokens} new tokens, {args.dtype}",
@@ -113,12 +126,12 @@ def main() -> None:
 
 def print_table(results: list[dict], reference: str) -> None:
     print(
-        f"\n{'engine':10} {'load s':>7} {'cold s':>7} {'warm s':>7} {'swap s':>7} "
+        f"\n{'engine':16} {'load s':>7} {'cold s':>7} {'warm s':>7} {'swap s':>7} "
         f"{'new tok':>8} {'tok/s':>8} {'stops':>6} {'peak GiB':>8} {'diff rows':>9}"
     )
     for r in results:
         print(
-            f"{r['engine']:10} {r['load_seconds']:7.2f} {r['cold_seconds']:7.2f} "
+            f"{r['engine']:16} {r['load_seconds']:7.2f} {r['cold_seconds']:7.2f} "
             f"{r['warm_seconds']:7.2f} {r['swap_seconds']:7.2f} {r['new_tokens']:8d} "
             f"{r['tokens_per_second']:8.0f} {r['stopped_rows']:6d} "
             f"{r['peak_memory_gib']:8.2f} {r['rows_differing_from_' + reference]:9d}"
@@ -139,20 +152,25 @@ def print_table(results: list[dict], reference: str) -> None:
 def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
+    # A bare config + weights directory: synthetic prompts only. (transformers 5 builds an empty
+    # tokenizer, vocabulary 1, from the config alone rather than failing.)
+    if not any((model_dir / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return None
     try:
         return AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError):
-        return None  # a bare config + weights directory: synthetic prompts only
+        return None
 
 
-def encode_prompts(tokenizer, path: Path | None, limit: int | None) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, path: Path | None, limit: int | None, lengths: tuple[int, int] = (24, 72)
+) -> list[list[int]]:
     if path is None:
-        # Lengths about those of chat-templated AdvBench requests.
         rng = random.Random(0)
         vocab = tokenizer.vocab_size if tokenizer is not None else None
         vocab = vocab or 384
         ids = [
-            [rng.randrange(3, vocab) for _ in range(rng.randint(24, 72))]
+            [rng.randrange(3, vocab) for _ in range(rng.randint(*lengths))]
             for _ in range(SYNTHETIC_PROMPTS)
         ]
         return ids[:limit]
@@ -205,7 +223,7 @@ def run_worker(args) -> None:
     eos = stop_ids(model, tokenizer)
     pad = pad_id(model, tokenizer, eos)
 
-    if args.worker in ("static", "eager"):
+    if args.worker in ("static", "eager", "static-unbounded"):
         from safetydrift.fastpaths.decoding import StaticCacheDecoder
 
         decoder = StaticCacheDecoder(
@@ -214,7 +232,8 @@ def run_worker(args) -> None:
             pad_token_id=pad,
             max_new_tokens=args.max_new_tokens,
             max_batch_size=args.batch_size or len(prompt_ids),
-            use_cuda_graphs=args.worker == "static" and device.type == "cuda",
+            use_cuda_graphs=args.worker != "eager" and device.type == "cuda",
+            **({"max_cache_bytes": None} if args.worker == "static-unbounded" else {}),
         )
 
         def one_pass() -> list[tuple[list[int], bool]]:
