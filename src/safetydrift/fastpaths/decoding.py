@@ -222,12 +222,12 @@ class StaticCacheDecoder:
         if self.max_cache_bytes is None:
             return
         needed = self.cache_bytes(rows, cache_len)
-        while self._slots:
-            held = sum(self.cache_bytes(*key) for key in self._slots)
-            if held + needed <= self.max_cache_bytes:
-                return
+        held = sum(self.cache_bytes(*key) for key in self._slots)
+        while self._slots and held + needed > self.max_cache_bytes:
+            oldest = next(iter(self._slots))
+            held -= self.cache_bytes(*oldest)
             # Its graph goes with it: it holds the addresses of the slot's tensors.
-            del self._slots[next(iter(self._slots))]
+            del self._slots[oldest]
 
     def _slot(self, rows: int, cache_len: int) -> _Slot:
         key = (rows, cache_len)

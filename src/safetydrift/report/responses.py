@@ -335,9 +335,15 @@ def class_shares_figure(results: ResponseResults, cells: Sequence[Cell], new_fig
                     # Inside the bar's degenerate part (the bottom one, half of it or more when
                     # collapsed): above the bar it ran into the panel's title.
                     ax.text(
-                        x, 0.25, text, ha="center", va="center", fontsize=6, rotation=90,
+                        x,
+                        0.25,
+                        text,
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        rotation=90,
                         color="white",
-                    )  # fmt: skip
+                    )
             if not seeds:
                 ax.text(0.5, 0.5, "missing", transform=ax.transAxes, ha="center")
             title = f"{method}, lr={rate}"
