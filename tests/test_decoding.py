@@ -232,3 +232,23 @@ def test_cuda_graphs_match_eager_steps(family):
     want = eager.decode(prompts)
     assert graphs.decode(prompts) == want
     assert [slot.graph for slot in graphs._slots.values()] == captured  # replayed, not recaptured
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_captured_again_after_every_cache_was_dropped():
+    # A budget that holds one cache at a time: each new shape drops every captured graph, and
+    # the next capture needs a new memory pool (capturing into the dropped graphs' pool failed
+    # PyTorch's internal assert `use_count > 0` on the H200, 2026-12-03).
+    model = tiny_model("qwen2", device="cuda")
+    generator = torch.Generator().manual_seed(3)
+    prompts = [
+        torch.randint(3, 384, (n,), generator=generator).tolist()
+        for n in [4] * 4 + [70] * 4 + [140] * 4
+    ]
+    eos = stop_tokens(model, prompts)
+    settings = dict(eos_token_ids=eos, pad_token_id=PAD, max_new_tokens=MAX_NEW, max_batch_size=4)
+    want = StaticCacheDecoder(model, **settings, use_cuda_graphs=False).decode(prompts)
+    tight = StaticCacheDecoder(model, **settings, max_cache_bytes=1)
+    assert tight.decode(prompts) == want
+    assert tight.decode(prompts) == want
+    assert len(tight._slots) == 1 and next(iter(tight._slots.values())).graph is not None

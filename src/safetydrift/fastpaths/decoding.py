@@ -25,7 +25,9 @@ least recently used shapes are dropped first. A judge reads prompts of many leng
 batch a new shape that nothing uses again: a batch of 256 rubric prompts of ~1,000 tokens, with
 384 new ones, has a cache of ~10 GB on the 1.5B stand-in judge; kept, eight such batches would
 hold 80 GB (a process at ~67 GiB filled the H200 of `reports/standin-h200-2026-12-03/`). The
-budget keeps one of them.
+budget keeps one of them. The graphs share one memory pool; once the last of them is dropped, the
+next capture takes a new pool (capturing into the old one fails an internal assert of PyTorch's
+allocator, which the grid's judge stages hit on the H200: `reports/h200-2026-12-03-mps/`).
 
 Rows that have stopped stay in the batch (producing padding) until all have: on an H100 with
 Qwen2.5-0.5B in bf16 a replayed step costs about 3.1 ms whatever the rows plus about 4 us a row
@@ -228,6 +230,11 @@ class StaticCacheDecoder:
             held -= self.cache_bytes(*oldest)
             # Its graph goes with it: it holds the addresses of the slot's tensors.
             del self._slots[oldest]
+        if not any(slot.graph is not None for slot in self._slots.values()):
+            # With its last graph gone, PyTorch frees the shared pool once its blocks are free,
+            # and a capture into that pool fails an internal assert: the next capture needs a
+            # new one.
+            self._pool = None
 
     def _slot(self, rows: int, cache_len: int) -> _Slot:
         key = (rows, cache_len)
