@@ -17,6 +17,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY_MODEL = FIXTURES / "tiny-chat-model"
 LANGUAGES = ["german", "italian", "french", "portuguese", "spanish"]
 
+# One CPU thread per process, for this process and every stage, DVC and Ray process the tests
+# start (they inherit the environment). The models are tiny: torch's OpenMP threads bring
+# nothing, and with three xdist workers on CI's two cores, each running stage processes of its
+# own, threads that spin waiting for preempted peers burn the CPU the other workers need (the
+# suite: 856 s against 712 s with one thread, on 2 cores, 2026-12-03). Set before any test module
+# imports torch, which reads it once; `OMP_NUM_THREADS=2 pytest ...` still overrides it.
+for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
+
 
 # The modules that run whole DVC pipelines, longest first (seconds on the 2-core CI machine).
 # pytest-xdist (`--dist loadfile`, `--no-loadscope-reorder` in pyproject.toml) hands whole files
