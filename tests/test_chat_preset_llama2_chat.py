@@ -33,6 +33,9 @@ def test_llama2_chat_counts_the_examples_cut_at_max_length(tmp_path):
         per_device_batch_size=2,
     )
     assert params["train_data"]["mix"] == []
+    # This test is about the chat data and its truncation; the evaluation sets' stages (five more
+    # processes here, asserted nowhere in this file) are tested on the smoke preset.
+    params["evaluations"]["run"] = []
     run_study(project, params)
     cell = "lora-0.0002-42"
     assert read(project, "models/base/safetydrift_model.json")["architecture"] == (
