@@ -130,14 +130,18 @@ def test_next_checkpoint_reuses_the_decoder():
     check(decoder, model, list(reversed(prompts)), eos)
 
 
-def test_caches_beyond_the_budget_are_dropped_least_recently_used_first():
-    model = tiny_model("qwen2")
-    # Three lengths far enough apart to need three cache lengths, in batches of four prompts.
+def three_length_prompts() -> list[list[int]]:
+    """Three lengths far enough apart to need three cache lengths, in batches of four prompts."""
     generator = torch.Generator().manual_seed(3)
-    prompts = [
+    return [
         torch.randint(3, 384, (n,), generator=generator).tolist()
         for n in [4] * 4 + [70] * 4 + [140] * 4
     ]
+
+
+def test_caches_beyond_the_budget_are_dropped_least_recently_used_first():
+    model = tiny_model("qwen2")
+    prompts = three_length_prompts()
     eos = stop_tokens(model, prompts)
     settings = dict(eos_token_ids=eos, pad_token_id=PAD, max_new_tokens=MAX_NEW, max_batch_size=4)
     kept = StaticCacheDecoder(model, **settings, max_cache_bytes=None)
@@ -240,11 +244,7 @@ def test_cuda_graphs_captured_again_after_every_cache_was_dropped():
     # the next capture needs a new memory pool (capturing into the dropped graphs' pool failed
     # PyTorch's internal assert `use_count > 0` on the H200, 2026-12-03).
     model = tiny_model("qwen2", device="cuda")
-    generator = torch.Generator().manual_seed(3)
-    prompts = [
-        torch.randint(3, 384, (n,), generator=generator).tolist()
-        for n in [4] * 4 + [70] * 4 + [140] * 4
-    ]
+    prompts = three_length_prompts()
     eos = stop_tokens(model, prompts)
     settings = dict(eos_token_ids=eos, pad_token_id=PAD, max_new_tokens=MAX_NEW, max_batch_size=4)
     want = StaticCacheDecoder(model, **settings, use_cuda_graphs=False).decode(prompts)
