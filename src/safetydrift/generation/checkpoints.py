@@ -19,7 +19,7 @@ from typing import Any
 
 from safetydrift.cells import checkpoint_label
 from safetydrift.generation.settings import GenerationSettings
-from safetydrift.models import ModelError, checkpoint_kind, load_model
+from safetydrift.models import ModelError, checkpoint_kind, load_model, torch_dtype
 from safetydrift.params import ParamError
 
 
@@ -110,6 +110,17 @@ class ModelHolder:
     third more time per AdvBench pass). Before the next adapter is merged, the base weights are
     restored from a copy, exactly: subtracting the old delta again would leave bf16 rounding in
     them. Every copy goes into the same tensors, so an engine's CUDA graphs stay valid.
+
+    A QLoRA adapter on its 4-bit base stays unmerged (merging would requantize the base). Once the
+    first adapter is on, the base's 4-bit layers are dequantized, once, into plain linear layers
+    of their compute dtype (transformers' `dequantize`; PEFT's 4-bit LoRA wrappers and their
+    arithmetic stay around them). The weights are the 4-bit base's values exactly; the product is
+    bitsandbytes' own dequantize-then-`linear` path, which bitsandbytes 0.50 itself takes for
+    large row counts (for small ones it picks a fused 4-bit kernel, by shape and GPU, whose
+    rounding differs). Decoding then runs plain kernels under the static engine, instead of a
+    4-bit matmul per layer and step on `generate`, which made QLoRA's evaluation the longest
+    part of the grid (`reports/h200-2026-12-03-grid/`). When the compute dtype is not
+    `generation.dtype` the 4-bit layers stay (`keeps_4bit_layers`), on the `hf` backend.
     """
 
     def __init__(
@@ -122,11 +133,13 @@ class ModelHolder:
         self.base_dir = base_dir
         self.device = device
         self.dtype = dtype
-        # On a 4-bit base the adapters stay unmerged: merging would requantize the base weights.
         self.quantized = quantization is not None
         kwargs = {} if quantization is None else quantized_loading(quantization)
         self.model = load_model(base_dir, dtype=dtype, device=device, **kwargs).eval()
         self._pristine: dict[str, Any] | None = None  # base weights of the adapted layers
+        compute_dtype = (quantization or {}).get("compute_dtype", "bfloat16")
+        self.keeps_4bit_layers = self.quantized and compute_dtype != dtype
+        self._adapter_tensors: dict[str, int] = {}  # unmerged adapters: name -> storage address
 
     def activate(self, checkpoint: Checkpoint):
         """Return the model to run for `checkpoint` (the same object for every checkpoint)."""
@@ -175,12 +188,21 @@ class ModelHolder:
         if self.quantized:
             if self._pristine is None:
                 self.model = PeftModel.from_pretrained(self.model, str(path)).eval()
+                if not self.keeps_4bit_layers:
+                    self.model.get_base_model().dequantize(dtype=torch_dtype(self.dtype))
                 self._pristine = {}
+                self._adapter_tensors = adapter_tensor_addresses(self.model)
             else:
                 set_peft_model_state_dict(
                     self.model,
                     load_file(str(path / "adapter_model.safetensors"), device=self.device),
                 )
+                # CUDA graphs captured on the first adapter read these very tensors.
+                if adapter_tensor_addresses(self.model) != self._adapter_tensors:
+                    raise ModelError(
+                        f"{path}: PEFT loaded this adapter into new tensors instead of copying "
+                        "it into the first adapter's, which the static engine's CUDA graphs read"
+                    )
             return self.model
         if self._pristine is None:
             self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name="default")
@@ -207,16 +229,25 @@ class ModelHolder:
         return self.model
 
 
+def adapter_tensor_addresses(model) -> dict[str, int]:
+    return {
+        name: parameter.data_ptr()
+        for name, parameter in model.named_parameters()
+        if "lora_" in name
+    }
+
+
 def quantized_loading(quantization: dict[str, Any]) -> dict[str, Any]:
     """from_pretrained's arguments for the 4-bit base a QLoRA adapter was trained on."""
     # The import cost: see the module's docstring.
     import torch
     from transformers import BitsAndBytesConfig
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not bitsandbytes_runs_on_cpu():
         raise ParamError(
             "params.yaml: `generation.qlora_base: quantized` evaluates QLoRA adapters on the 4-bit "
-            "base, which needs a CUDA GPU (bitsandbytes); on this machine set it to merged"
+            "base, which needs bitsandbytes with a CUDA GPU or its CPU backend (0.49 or later); "
+            "on this machine set it to merged"
         )
     compute_dtype = getattr(torch, quantization.get("compute_dtype", "bfloat16"))
     return {
@@ -229,6 +260,14 @@ def quantized_loading(quantization: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def bitsandbytes_runs_on_cpu() -> bool:
+    try:
+        import bitsandbytes
+    except ImportError:
+        return False
+    return "cpu" in getattr(bitsandbytes, "supported_torch_devices", ())
+
+
 def quantized_base(
     checkpoints: Sequence[Checkpoint], settings: GenerationSettings
 ) -> dict[str, Any] | None:
@@ -238,7 +277,7 @@ def quantized_base(
     bases = [c.quantization for c in checkpoints if c.kind == "adapter" and c.quantization]
     if not bases:
         return None
-    quantized_loading(bases[0])  # refuses, clearly, where there is no CUDA GPU
+    quantized_loading(bases[0])  # refuses, clearly, where bitsandbytes cannot run
     if settings.backend == "vllm":
         raise ParamError(
             "params.yaml: `generation.qlora_base: quantized` runs on the hf backend; the vLLM "

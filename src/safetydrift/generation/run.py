@@ -71,8 +71,9 @@ def _generate(base_dir, checkpoints, conversations, ids, settings, device, promp
     loading = time.perf_counter()
     tokenizer = load_tokenizer(base_dir)
     holder = ModelHolder(base_dir, settings.dtype, device, quantization)
-    # Our static decoder has not been measured on bitsandbytes' 4-bit layers.
-    engine = build_engine(tokenizer, settings if quantization is None else hf_only(settings))
+    # The static decoder runs a QLoRA adapter on its 4-bit base once the base's layers are
+    # dequantized (ModelHolder); not on bitsandbytes' 4-bit layers themselves.
+    engine = build_engine(tokenizer, hf_only(settings) if holder.keeps_4bit_layers else settings)
     prompt_ids = encode_conversations(tokenizer, conversations, prompt_format)
     for checkpoint in checkpoints:
         model = holder.activate(checkpoint)
