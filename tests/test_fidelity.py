@@ -255,7 +255,7 @@ def test_quantized_evaluation_of_qlora_adapters_needs_a_bitsandbytes_backend(tmp
     assert quantized_base([adapter], settings) == {"quant_type": "nf4"}
     if not torch.cuda.is_available():
         monkeypatch.setattr(bitsandbytes, "supported_torch_devices", {"cuda"})
-        with pytest.raises(ParamError, match="CUDA GPU or its CPU backend"):
+        with pytest.raises(ParamError, match="a CUDA GPU or with its CPU backend"):
             quantized_base([adapter], settings)
     merged = GenerationSettings.from_params({"qlora_base": "merged"})
     assert quantized_base([adapter], merged) is None

@@ -246,8 +246,8 @@ def quantized_loading(quantization: dict[str, Any]) -> dict[str, Any]:
     if not torch.cuda.is_available() and not bitsandbytes_runs_on_cpu():
         raise ParamError(
             "params.yaml: `generation.qlora_base: quantized` evaluates QLoRA adapters on the 4-bit "
-            "base, which needs bitsandbytes with a CUDA GPU or its CPU backend (0.49 or later); "
-            "on this machine set it to merged"
+            "base, which needs bitsandbytes with a CUDA GPU or with its CPU backend; on this "
+            "machine set it to merged"
         )
     compute_dtype = getattr(torch, quantization.get("compute_dtype", "bfloat16"))
     return {
@@ -280,7 +280,7 @@ def quantized_base(
     quantized_loading(bases[0])  # refuses, clearly, where bitsandbytes cannot run
     if settings.backend == "vllm":
         raise ParamError(
-            "params.yaml: `generation.qlora_base: quantized` runs on the hf backend; the vLLM "
-            "path evaluates adapters on the unquantized base"
+            "params.yaml: `generation.qlora_base: quantized` runs on the hf or static backend; "
+            "the vLLM path evaluates adapters on the unquantized base"
         )
     return bases[0]
