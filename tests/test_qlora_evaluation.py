@@ -107,3 +107,24 @@ def test_the_static_engine_generates_on_the_dequantized_base(base_model_dir, ada
     assert [r.checkpoint.label for r in results] == ["ckpt-050", "ckpt-100"]
     assert {r.engine for r in results} == {"static"}
     assert all(len(r.rows) == 2 and r.rows[0]["new_tokens"] <= 4 for r in results)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_on_the_dequantized_base_match_eager_steps_for_every_adapter(
+    base_model_dir, adapters
+):
+    # The graphs are captured on the first adapter and replayed on the next, whose weights PEFT
+    # copies into the same tensors: against our eager loop on the same device, to the bit.
+    from safetydrift.fastpaths.decoding import StaticCacheDecoder
+
+    holder = ModelHolder(base_model_dir, "bfloat16", "cuda", QUANTIZATION)
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 300, (n,), generator=generator).tolist() for n in (5, 9, 30, 31)]
+    settings = dict(eos_token_ids=[2], pad_token_id=0, max_new_tokens=12, max_batch_size=4)
+    graphs = None
+    for adapter in [*adapters, adapters[0]]:
+        model = holder.activate(adapter)
+        graphs = graphs or StaticCacheDecoder(model, **settings)
+        assert graphs.use_cuda_graphs
+        want = StaticCacheDecoder(model, **settings, use_cuda_graphs=False).decode(prompts)
+        assert graphs.decode(prompts) == want
