@@ -33,6 +33,7 @@ from safetydrift.harm import (
     judge_selected,
     judged_classes,
     judged_summary,
+    load_judges,
     verdict_row,
 )
 from safetydrift.judges import judge_responses
@@ -169,8 +170,7 @@ def main(params: dict[str, Any], evaluation: str, cell: str) -> dict[str, Any]:
                 classes += labels
         timing: dict[str, Any] = {"cell": name}
         if harmful:
-            for judge in judges.values():
-                judge.load()
+            timing["load_seconds"] = load_judges(judges)
             # The harmful members' rows of every checkpoint go to each judge in one call; each
             # span's `first` is where its rows begin among them.
             judged_spans, first = [], 0
@@ -227,7 +227,7 @@ def main(params: dict[str, Any], evaluation: str, cell: str) -> dict[str, Any]:
                 results[spec.name]["judged_classes"] = list(selected)
                 results[spec.name]["judged_pairs"] = len(pairs[spec.name])
             run.log_metrics(
-                {"judged_pairs": judged.pairs}
+                {"judged_pairs": judged.pairs, "judge_load_seconds": timing["load_seconds"]}
                 | {f"judge_seconds.{judge}": s for judge, s in judged.seconds.items()}
             )
         metrics = {"evaluation": evaluation, **cell_identity(cell), "sets": results}

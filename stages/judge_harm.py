@@ -13,8 +13,9 @@ Only the responses whose class is in `harm.judged_classes` (by default answers: 
 rate counts) go to the judges, those of every checkpoint in one batched call per judge, each
 distinct (request, response) pair once (`safetydrift.harm`); the others are written as not judged.
 Outputs: evals/harm/CELL.jsonl (each response's class and verdicts) and metrics/harm/CELL.json
-(per checkpoint: responses judged, each judge's rates). Each judge's seconds go to MLflow and
-timings/judge_harm/CELL.json, outside DVC's outputs, so that reruns compare equal.
+(per checkpoint: responses judged, each judge's rates). The judge models' loading and each
+judge's judging seconds go to MLflow and timings/judge_harm/CELL.json, outside DVC's outputs, so
+that reruns compare equal; the stage's wall time beyond them is the process's start-up.
 """
 
 import argparse
@@ -27,6 +28,7 @@ from safetydrift.harm import (
     judge_selected,
     judged_classes,
     judged_summary,
+    load_judges,
     verdict_row,
 )
 from safetydrift.model_judges.judging import build_model_judge
@@ -73,8 +75,7 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
     with tracking.stage_run(
         study_name(params), "judge_harm", declared_params(params, PARAMS), cell=cell
     ) as run:
-        for judge in judges.values():
-            judge.load()
+        load_seconds = load_judges(judges)
         judged = judge_selected(
             judges,
             [r["prompt"] for r in rows],
@@ -123,9 +124,14 @@ def main(params: dict[str, Any], cell: str) -> dict[str, Any]:
                 step=round(checkpoint["fraction"] * 100),
             )
             start = stop
-        timing = {"cell": cell, "judged_pairs": judged.pairs, "judge_seconds": judged.seconds}
+        timing = {
+            "cell": cell,
+            "judged_pairs": judged.pairs,
+            "load_seconds": load_seconds,
+            "judge_seconds": judged.seconds,
+        }
         run.log_metrics(
-            {"judged_pairs": judged.pairs}
+            {"judged_pairs": judged.pairs, "judge_load_seconds": load_seconds}
             | {f"judge_seconds.{name}": s for name, s in judged.seconds.items()}
         )
         write_jsonl(EVALS_DIR / "harm" / f"{cell}.jsonl", verdict_rows)

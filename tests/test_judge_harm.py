@@ -119,6 +119,7 @@ def test_only_answers_go_to_the_judges_and_a_repeated_pair_is_judged_once(cell_p
     assert first["guard-tiny"] == repeated["guard-tiny"]
     timing = read_json(cell_project / "timings" / "judge_harm" / f"{CELL}.json")
     assert timing["judged_pairs"] == 3 and timing["judge_seconds"]["guard-tiny"] >= 0
+    assert timing["load_seconds"] >= 0  # the judge model's load, apart from its judging
 
 
 def test_an_audit_judges_every_class_and_the_harmful_answer_rate_holds(cell_project):

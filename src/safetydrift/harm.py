@@ -73,6 +73,15 @@ class JudgedResponses:
         return sum(v is not None for v in first[start:stop])
 
 
+def load_judges(judges: Mapping[str, ModelJudge]) -> float:
+    """Load every judge's model (judges sharing a model load it once); the seconds it took,
+    which the judge stages report beside each judge's judging seconds."""
+    started = time.perf_counter()
+    for judge in judges.values():
+        judge.load()
+    return round(time.perf_counter() - started, 3)
+
+
 def judge_selected(
     judges: Mapping[str, ModelJudge],
     prompts: Sequence[str],
