@@ -1,7 +1,8 @@
 """QLoRA adapters evaluated on their 4-bit base (`generation.qlora_base: quantized`), on the CPU
-with bitsandbytes' CPU backend: the base's layers dequantized once hold the 4-bit base's values
-exactly and give bitsandbytes' 4-bit logits within its kernels' rounding, for every adapter in
-turn; and the static engine generates with them."""
+with bitsandbytes' CPU backend: the base's layers, dequantized once at load, hold the 4-bit base's
+values exactly; each adapter merged into them gives the logits of PEFT's unmerged adapter on
+bitsandbytes' 4-bit layers within its kernels' rounding, adapter after adapter; and the static
+engine generates with them."""
 
 from __future__ import annotations
 
@@ -66,25 +67,28 @@ def test_the_dequantized_base_is_the_4bit_base(base_model_dir, adapters):
 
     holder = ModelHolder(base_model_dir, "bfloat16", "cpu", QUANTIZATION)
     assert holder.quantized and not holder.keeps_4bit_layers
+    assert not any(isinstance(m, bitsandbytes.nn.Linear4bit) for m in holder.model.modules())
     ids = torch.randint(0, 300, (3, 11), generator=torch.Generator().manual_seed(0))
     outputs = []
     for adapter in [*adapters, adapters[0]]:
         model = holder.activate(adapter)
         reference = four_bit_reference(base_model_dir, adapter)
-        layers = dict(model.named_modules())
         four_bit = {
-            name: module
+            name.removesuffix(".base_layer"): module
             for name, module in reference.named_modules()
             if isinstance(module, bitsandbytes.nn.Linear4bit)
         }
         assert len(four_bit) == 7 * model.config.num_hidden_layers
+        # The weights the adapter is merged into (and restored to before the next one) are the
+        # 4-bit base's, to the bit.
+        assert set(holder._pristine) == set(four_bit)
         for name, module in four_bit.items():
-            assert type(layers[name]) is torch.nn.Linear
             weight = dequantize_4bit(module.weight.data, module.weight.quant_state)
-            assert torch.equal(layers[name].weight, weight.to(torch.bfloat16))
+            assert torch.equal(holder._pristine[name], weight.to(torch.bfloat16))
         with torch.inference_mode():
             logits = model(ids).logits
-            # The same weights; bitsandbytes' fused 4-bit kernels round their sums differently.
+            # The same weights; bitsandbytes' fused 4-bit kernels round their sums differently,
+            # and the merge rounds the delta into the weights where PEFT rounds it into outputs.
             torch.testing.assert_close(logits, reference(ids).logits, rtol=0.02, atol=0.02)
         outputs.append(logits.float())
     # Each adapter really replaced the last, by far more than the tolerance above.
@@ -113,8 +117,8 @@ def test_the_static_engine_generates_on_the_dequantized_base(base_model_dir, ada
 def test_cuda_graphs_on_the_dequantized_base_match_eager_steps_for_every_adapter(
     base_model_dir, adapters
 ):
-    # The graphs are captured on the first adapter and replayed on the next, whose weights PEFT
-    # copies into the same tensors: against our eager loop on the same device, to the bit.
+    # The graphs are captured on the first adapter and replayed on the next, whose merge goes into
+    # the same weight tensors: against our eager loop on the same device, to the bit.
     from safetydrift.fastpaths.decoding import StaticCacheDecoder
 
     holder = ModelHolder(base_model_dir, "bfloat16", "cuda", QUANTIZATION)
@@ -128,3 +132,26 @@ def test_cuda_graphs_on_the_dequantized_base_match_eager_steps_for_every_adapter
         assert graphs.use_cuda_graphs
         want = StaticCacheDecoder(model, **settings, use_cuda_graphs=False).decode(prompts)
         assert graphs.decode(prompts) == want
+
+
+@pytest.mark.parametrize(("size", "error"), [(0.003, 0.72), (0.01, 0.23)])
+def test_a_merge_into_bf16_weights_loses_what_the_unmerged_bf16_forward_loses(size, error):
+    """Why adapters are merged: a low-rank delta of `size` times the weights' scale, added to bf16
+    weights, leaves the same error in its effect on a layer's outputs as PEFT's unmerged forward,
+    which adds the delta's product to the bf16 output instead (the figures ModelHolder cites)."""
+    generator = torch.Generator().manual_seed(0)
+    n = 896  # the stand-in's hidden size
+    weight = (torch.randn(n, n, generator=generator) * 0.02).bfloat16()
+    delta = torch.randn(n, 8, generator=generator) @ torch.randn(8, n, generator=generator)
+    delta = delta / delta.std() * 0.02 * size
+    x = torch.randn(256, n, generator=generator).bfloat16()
+    base = x.float() @ weight.float().T
+    wanted = x.float() @ delta.T
+    merged = (x @ (weight.float() + delta).bfloat16().T).float() - base
+    unmerged = ((x @ weight.T).float() + wanted.bfloat16().float()).bfloat16().float() - base
+
+    def effect_error(got):
+        return ((got - wanted).norm() / wanted.norm()).item()
+
+    assert effect_error(merged) == pytest.approx(error, abs=0.02)
+    assert effect_error(unmerged) == pytest.approx(effect_error(merged), abs=0.02)

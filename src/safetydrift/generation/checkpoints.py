@@ -111,16 +111,19 @@ class ModelHolder:
     restored from a copy, exactly: subtracting the old delta again would leave bf16 rounding in
     them. Every copy goes into the same tensors, so an engine's CUDA graphs stay valid.
 
-    A QLoRA adapter on its 4-bit base stays unmerged (merging would requantize the base). Once the
-    first adapter is on, the base's 4-bit layers are dequantized, once, into plain linear layers
-    of their compute dtype (transformers' `dequantize`; PEFT's 4-bit LoRA wrappers and their
-    arithmetic stay around them). The weights are the 4-bit base's values exactly; the product is
-    bitsandbytes' own dequantize-then-`linear` path, which bitsandbytes 0.50 itself takes for
-    large row counts (for small ones it picks a fused 4-bit kernel, by shape and GPU, whose
-    rounding differs). Decoding then runs plain kernels under the static engine, instead of a
-    4-bit matmul per layer and step on `generate`, which made QLoRA's evaluation the longest
-    part of the grid (`reports/h200-2026-12-03-grid/`). When the compute dtype is not
-    `generation.dtype` the 4-bit layers stay (`keeps_4bit_layers`), on the `hf` backend.
+    A QLoRA adapter evaluated on its 4-bit base (`generation.qlora_base: quantized`) goes the same
+    way, onto that base: its 4-bit layers are dequantized once, at load, into plain linear layers
+    of their compute dtype (transformers' `dequantize`), which hold the 4-bit base's values
+    exactly; the adapter is then merged into them as a LoRA adapter is. The product is bitsandbytes'
+    own dequantize-then-`linear` arithmetic, which bitsandbytes 0.50 itself takes for large row
+    counts (for small ones it picks a fused 4-bit kernel, by shape and GPU, whose rounding differs).
+    Merging rounds the delta into bf16 weights, where PEFT's unmerged forward rounds it into bf16
+    outputs instead: the two lose the same share of a small delta (on random 896 x 896 layers, an
+    error of 0.72 of the delta's effect either way at 0.3% of the weights' size, 0.23 at 1%), so
+    merging costs no fidelity and saves the unmerged adapter's extra kernels on seven projections
+    per layer (with the adapter unmerged, QLoRA's generation stages took about twice LoRA's on the
+    static engine: `reports/h200-2026-12-03-grid2/`). When the compute dtype is not `generation.dtype` the 4-bit
+    layers stay (`keeps_4bit_layers`), with the adapter unmerged on them, on the `hf` backend.
     """
 
     def __init__(
@@ -139,7 +142,8 @@ class ModelHolder:
         self._pristine: dict[str, Any] | None = None  # base weights of the adapted layers
         compute_dtype = (quantization or {}).get("compute_dtype", "bfloat16")
         self.keeps_4bit_layers = self.quantized and compute_dtype != dtype
-        self._adapter_tensors: dict[str, int] = {}  # unmerged adapters: name -> storage address
+        if self.quantized and not self.keeps_4bit_layers:
+            self.model.dequantize(dtype=torch_dtype(dtype))
 
     def activate(self, checkpoint: Checkpoint):
         """Return the model to run for `checkpoint` (the same object for every checkpoint)."""
@@ -185,23 +189,19 @@ class ModelHolder:
         from peft.tuners.lora import LoraLayer
         from safetensors.torch import load_file
 
-        if self.quantized:
+        if self.keeps_4bit_layers:
+            # Unmerged on bitsandbytes' 4-bit layers, which a merge would requantize.
             if self._pristine is None:
                 self.model = PeftModel.from_pretrained(self.model, str(path)).eval()
-                if not self.keeps_4bit_layers:
-                    self.model.get_base_model().dequantize(dtype=torch_dtype(self.dtype))
                 self._pristine = {}
-                self._adapter_tensors = adapter_tensor_addresses(self.model)
             else:
-                set_peft_model_state_dict(
+                result = set_peft_model_state_dict(
                     self.model,
                     load_file(str(path / "adapter_model.safetensors"), device=self.device),
                 )
-                # CUDA graphs captured on the first adapter read these very tensors.
-                if adapter_tensor_addresses(self.model) != self._adapter_tensors:
+                if getattr(result, "unexpected_keys", None):
                     raise ModelError(
-                        f"{path}: PEFT loaded this adapter into new tensors instead of copying "
-                        "it into the first adapter's, which the static engine's CUDA graphs read"
+                        f"{path}: adapter weights that do not fit: {result.unexpected_keys[:5]}"
                     )
             return self.model
         if self._pristine is None:
@@ -227,14 +227,6 @@ class ModelHolder:
                 )
         self.model.merge_adapter()
         return self.model
-
-
-def adapter_tensor_addresses(model) -> dict[str, int]:
-    return {
-        name: parameter.data_ptr()
-        for name, parameter in model.named_parameters()
-        if "lora_" in name
-    }
 
 
 def quantized_loading(quantization: dict[str, Any]) -> dict[str, Any]:

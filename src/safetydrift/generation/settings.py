@@ -9,8 +9,8 @@ from typing import Any
 from safetydrift.params import ParamError, boolean
 
 BACKENDS = ("hf", "static", "vllm")
-# Where a QLoRA adapter is evaluated: merged into the bf16 base, or unmerged on the 4-bit base it
-# was trained on (the authors' way).
+# Where a QLoRA adapter is evaluated: on the bf16 base, or on the 4-bit base it was trained on (the
+# authors' way; its layers dequantized to their exact 4-bit values: ModelHolder).
 QLORA_BASES = ("merged", "quantized")
 
 
