@@ -122,8 +122,9 @@ class ModelHolder:
     error of 0.72 of the delta's effect either way at 0.3% of the weights' size, 0.23 at 1%), so
     merging costs no fidelity and saves the unmerged adapter's extra kernels on seven projections
     per layer (with the adapter unmerged, QLoRA's generation stages took about twice LoRA's on the
-    static engine: `reports/h200-2026-12-03-grid2/`). When the compute dtype is not `generation.dtype` the 4-bit
-    layers stay (`keeps_4bit_layers`), with the adapter unmerged on them, on the `hf` backend.
+    static engine: `reports/h200-2026-12-03-grid2/`). When the compute dtype is not
+    `generation.dtype` the 4-bit layers stay (`keeps_4bit_layers`), with the adapter unmerged on
+    them, on the `hf` backend.
     """
 
     def __init__(
