@@ -20,6 +20,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from safetydrift.files import read_jsonl
 from safetydrift.model_judges.parsing import parse_rubric
 
 
@@ -27,15 +28,13 @@ def judged_answers(files: list[Path], judge: str) -> list[dict]:
     """Every row of FILES that holds a verdict of JUDGE, with its raw output and label."""
     answers = []
     for path in files:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                row = json.loads(line)
-                verdict = row.get(judge)
-                if verdict is None:
-                    continue
-                if "raw" not in verdict or "label" not in verdict:
-                    raise ValueError(f"{path}:{number}: `{judge}` has no `raw` or `label`")
-                answers.append(verdict)
+        for number, row in enumerate(read_jsonl(path), 1):
+            verdict = row.get(judge)
+            if verdict is None:
+                continue
+            if "raw" not in verdict or "label" not in verdict:
+                raise ValueError(f"{path}:{number}: `{judge}` has no `raw` or `label`")
+            answers.append(verdict)
     return answers
 
 
