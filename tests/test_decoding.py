@@ -91,8 +91,13 @@ def check(decoder, model, prompts, eos):
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-@pytest.mark.parametrize("max_batch_size", [1024, 5])
-def test_matches_generate(family, max_batch_size):
+@pytest.mark.parametrize(
+    ("max_batch_size", "max_prefill_tokens"),
+    # One prefill per batch; then prefills in chunks of 1 column (12 rows, 7 tokens) and of 3
+    # columns (5 rows, 17 tokens: the last chunk narrower).
+    [(1024, 32768), (5, 32768), (1024, 7), (5, 17)],
+)
+def test_matches_generate(family, max_batch_size, max_prefill_tokens):
     model = tiny_model(family)
     prompts = random_prompts()
     eos = stop_tokens(model, prompts)
@@ -102,6 +107,7 @@ def test_matches_generate(family, max_batch_size):
         pad_token_id=PAD,
         max_new_tokens=MAX_NEW,
         max_batch_size=max_batch_size,
+        max_prefill_tokens=max_prefill_tokens,
     )
     check(decoder, model, prompts, eos)
     # Our attention is swapped in for `decode` only.
@@ -209,6 +215,10 @@ def test_edges():
     model.train()
     with pytest.raises(ValueError, match="eval"):
         decoder.decode(prompts)
+    with pytest.raises(ValueError, match="max_prefill_tokens"):
+        StaticCacheDecoder(
+            model, eos_token_ids=[1], pad_token_id=PAD, max_new_tokens=1, max_prefill_tokens=0
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -6,6 +6,7 @@ test_pipeline_dvc.py.
 """
 
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -221,6 +222,9 @@ base = pathlib.Path("base.txt").read_text() if pathlib.Path("base.txt").exists()
 pathlib.Path("out").mkdir(exist_ok=True)
 seen = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
 pathlib.Path("out", sys.argv[1] + ".txt").write_text(base + seen)
+# As the judge stages write their seconds: beside DVC's outputs, not among them.
+pathlib.Path("timings", "cell").mkdir(parents=True, exist_ok=True)
+pathlib.Path("timings", "cell", sys.argv[1] + ".json").write_text('{{"seen": "' + seen + '"}}')
 """
 
 
@@ -297,6 +301,9 @@ def test_ray_gives_each_cell_its_share_of_a_gpu_and_dvc_runs_with_it(tmp_path, l
         assert "CUDA_VISIBLE_DEVICES=" + job.gpus in (timings / f"{job.name}.log").read_text()
         log = (timings / f"restore-{job.name}.log").read_text()
         assert f"Stage 'cell@{job.name}' is cached - skipping run" in log
+        # What the stage wrote under its worker's timings/ outlives the worker.
+        stage_timing = json.loads((project / "timings" / "cell" / f"{job.name}.json").read_text())
+        assert stage_timing == {"seen": job.gpus}
     assert [job.returncode for job in restored] == [0, 0, 0, 0]
     assert "Data and pipelines are up to date" in dvc(project, "status").stdout
     assert not list((project / WORKERS_DIR).iterdir())  # each cell's workspace is gone

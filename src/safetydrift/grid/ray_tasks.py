@@ -32,6 +32,7 @@ from safetydrift.grid.workspaces import (
     pipeline_files,
     run_dvc,
 )
+from safetydrift.stage import TIMINGS_DIR
 
 
 def run_cell(
@@ -76,15 +77,34 @@ def run_cell(
         delete_intermediate_checkpoints(worker, name)
     recorded = json.loads(timings.read_text(encoding="utf-8")) if timings.exists() else None
     timings.unlink(missing_ok=True)
+    stage_timings = worker_stage_timings(worker)
     shutil.rmtree(worker, ignore_errors=True)
     return {
         "returncode": returncode,
         "timings": recorded,
+        "stage_timings": stage_timings,
         "log": "".join(lines),
         "node": node,
         "gpus": gpus,
         "main_node": here,
     }
+
+
+def worker_stage_timings(worker: Path) -> dict[str, Any]:
+    """What the cell's stages wrote under the worker's timings/ (a judge's loading and judging
+    seconds, say), by path under it: not DVC outputs, so no restore brings them back."""
+    directory = worker / TIMINGS_DIR
+    return {
+        path.relative_to(directory).as_posix(): json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(directory.rglob("*.json"))
+    }
+
+
+def keep_stage_timings(workspace: Path, result: dict[str, Any]) -> None:
+    """The cell's stage timings in the main workspace's timings/, where the stages write them
+    when the cell runs there."""
+    for name, timing in (result.get("stage_timings") or {}).items():
+        write_json(workspace / TIMINGS_DIR / name, timing)
 
 
 def _record(job: Job, result: dict[str, Any], timings_dir: Path) -> None:
@@ -139,6 +159,7 @@ def run_cells(
                       "gpus": None, "main_node": True}  # fmt: skip
             out.line(job.name, str(error).splitlines()[0])
         _record(job, result, timings_dir)
+        keep_stage_timings(workspace, result)
         if job.returncode == 0:
             restore(job, result["main_node"])
         elif job.attempts < retries:
