@@ -102,7 +102,7 @@ def _report(args: argparse.Namespace) -> None:
 
 def _repro(args: argparse.Namespace) -> None:
     dvc_args = args.dvc_args[1:] if args.dvc_args[:1] == ["--"] else args.dvc_args
-    sys.exit(timed_repro(dvc_args, Path(args.timings)))
+    sys.exit(timed_repro(dvc_args, Path(args.timings), write_lock_once=args.write_lock_once))
 
 
 def _restore(args: argparse.Namespace) -> None:
@@ -307,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         "repro", help="`dvc repro` that also records every stage's wall time (DVC args after --)"
     )
     repro.add_argument("--timings", default="reports/timings.json", help="where to write them")
+    repro.add_argument(
+        "--write-lock-once",
+        action="store_true",
+        help="write dvc.lock when DVC ends, not after every stage (restoring many stages from "
+        "the run-cache; `safetydrift grid` restores cells so)",
+    )
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for `dvc repro`")
     repro.set_defaults(handler=_repro)
 

@@ -90,13 +90,15 @@ def combine(paths: Sequence[Path]) -> dict[str, Any]:
     }
 
 
-def timed_repro(dvc_args: Sequence[str], timings_path: Path) -> int:
+def timed_repro(dvc_args: Sequence[str], timings_path: Path, write_lock_once: bool = False) -> int:
     """Run `dvc repro DVC_ARGS`, echo its output, and write every stage's wall time as JSON.
 
     The file is written even when DVC fails, with its exit status, so that a partial run still
-    shows where its time went.
+    shows where its time went. `write_lock_once`: dvc.lock is written when DVC ends rather than
+    after every stage (safetydrift.grid.lock_once), for restoring many stages from the run-cache.
     """
-    command = [sys.executable, "-m", "dvc", "repro", *dvc_args]
+    dvc = "safetydrift.grid.lock_once" if write_lock_once else "dvc"
+    command = [sys.executable, "-m", dvc, "repro", *dvc_args]
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.perf_counter()
     timed_lines: list[tuple[float, str]] = []

@@ -58,13 +58,23 @@ def stream_lines(
     return process.returncode
 
 
-def repro_command(timings: Path, dvc_args: Sequence[str]) -> list[str]:
+def repro_command(
+    timings: Path, dvc_args: Sequence[str], write_lock_once: bool = False
+) -> list[str]:
     """`safetydrift repro DVC_ARGS`, which also writes every stage's wall time to `timings`."""
-    return [sys.executable, "-m", "safetydrift.cli", "repro", "--timings", str(timings), "--",
-            *dvc_args]  # fmt: skip
+    once = ["--write-lock-once"] if write_lock_once else []
+    return [sys.executable, "-m", "safetydrift.cli", "repro", "--timings", str(timings), *once,
+            "--", *dvc_args]  # fmt: skip
 
 
-def run_job(job: Job, workspace: Path, timings_dir: Path, env: dict[str, str], out: Output) -> None:
+def run_job(
+    job: Job,
+    workspace: Path,
+    timings_dir: Path,
+    env: dict[str, str],
+    out: Output,
+    write_lock_once: bool = False,
+) -> None:
     """Run `job` in `workspace`: its timings to TIMINGS_DIR/JOB.json, its output to JOB.log and
     to `out`."""
     job.timings = timings_dir / f"{job.name}.json"
@@ -74,7 +84,8 @@ def run_job(job: Job, workspace: Path, timings_dir: Path, env: dict[str, str], o
             log.write(text)
             out.line(job.name, text)
 
-        job.returncode = stream_lines(repro_command(job.timings, job.targets), workspace, env, line)
+        command = repro_command(job.timings, job.targets, write_lock_once)
+        job.returncode = stream_lines(command, workspace, env, line)
 
 
 def repro_here(
@@ -84,10 +95,11 @@ def repro_here(
     timings_dir: Path,
     env: dict[str, str],
     out: Output,
+    write_lock_once: bool = False,
 ) -> Job:
     """A job NAME of `targets` (the prepare stages, a restore, the report), run in `workspace`."""
     job = Job(name, list(targets))
-    run_job(job, workspace, timings_dir, env, out)
+    run_job(job, workspace, timings_dir, env, out, write_lock_once)
     return job
 
 

@@ -141,9 +141,11 @@ def restore_cell(
     """Bring a cell a Ray task ran into the main workspace, as the job `restore-CELL`.
 
     Every stage the cell ran is in the run-cache: `dvc repro` checks its outputs out here and
-    records them in dvc.lock, without running anything again. One at a time (DVC locks the
-    workspace), while the other cells go on. What a cell ran on another node comes from the DVC
-    remote, run-cache and outputs (`--pull`).
+    records them in dvc.lock, without running anything again, writing dvc.lock once for the cell
+    (safetydrift.grid.lock_once). One at a time (DVC locks the workspace), while the other cells
+    go on. What a cell ran on another node comes from the DVC remote, run-cache and outputs
+    (`--pull`).
     """
     targets = job.targets if from_main_node else ["--pull", *job.targets]
-    return repro_here(f"restore-{job.name}", targets, workspace, timings_dir, env, out)
+    name = f"restore-{job.name}"
+    return repro_here(name, targets, workspace, timings_dir, env, out, write_lock_once=True)
