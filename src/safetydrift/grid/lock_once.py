@@ -30,13 +30,14 @@ from typing import Any
 @contextlib.contextmanager
 def lock_written_once() -> Iterator[None]:
     """Hold DVC's per-stage lock-file writes; write them together on leaving."""
+    import dvc
     import dvc.repo.reproduce as dvc_reproduce
     from dvc.dvcfile import ProjectFile
 
     for owner, name in ((ProjectFile, "dump_stages"), (dvc_reproduce, "_reproduce")):
         if not callable(getattr(owner, name, None)):
             raise RuntimeError(
-                f"dvc {_dvc_version()} has no {owner.__name__}.{name}: "
+                f"dvc {dvc.__version__} has no {owner.__name__}.{name}: "
                 "safetydrift.grid.lock_once needs updating for it"
             )
     dump_stages = ProjectFile.dump_stages
@@ -64,12 +65,6 @@ def lock_written_once() -> Iterator[None]:
     finally:
         ProjectFile.dump_stages = dump_stages
         dvc_reproduce._reproduce = reproduce_stages
-
-
-def _dvc_version() -> str:
-    from importlib.metadata import version
-
-    return version("dvc")
 
 
 def main(argv: Sequence[str]) -> int:
