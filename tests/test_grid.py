@@ -25,7 +25,15 @@ from safetydrift.grid.placement import (
     start_ray,
     visible_gpus,
 )
-from safetydrift.grid.plan import default_cells, grid_jobs, prepare_stages, slowest_first
+from safetydrift.grid.plan import (
+    default_cells,
+    grid_jobs,
+    makespan,
+    measured_seconds,
+    planned_order,
+    prepare_stages,
+    slowest_first,
+)
 from safetydrift.grid.ray_tasks import run_cells
 from safetydrift.grid.workspaces import (
     NODE_CACHE,
@@ -140,6 +148,50 @@ def test_side_by_side_the_slowest_methods_start_first_in_turns_and_the_base_mode
         "qlora-1e-05",  # the second turn: one method's cells do not all run at once
         "base",
     ]
+
+
+def test_with_a_previous_grids_times_the_cells_start_in_the_order_of_the_shortest_schedule(
+    tmp_path,
+):
+    names = ["qlora-1e-05", "lora-1e-05", "dpo-1e-05", "full-1e-05"]
+    jobs = grid_jobs(names, names)
+    seconds = {"qlora-1e-05": 50, "lora-1e-05": 40, "dpo-1e-05": 30, "full-1e-05": 20, "base": 20}
+    for name, wall in seconds.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"returncode": 0, "wall_seconds": wall}))
+    # What the previous grid restored, prepared or failed to run is not a cell's time.
+    (tmp_path / "restore-qlora-1e-05.json").write_text('{"returncode": 0, "wall_seconds": 9}')
+    (tmp_path / "dpo-1e-05.attempt1.json").write_text('{"returncode": 1, "wall_seconds": 3}')
+    assert measured_seconds(tmp_path, jobs) == seconds
+
+    # Slowest methods first, the base model last: 90 s on two slots, where 80 s is possible
+    # ({qlora, dpo} beside {lora, full, base}).
+    assert makespan(slowest_first(jobs), seconds, 2) == 90
+    ordered = planned_order(jobs, seconds, 2)
+    assert makespan(ordered, seconds, 2) == 80
+    assert sorted(job.name for job in ordered) == sorted(seconds)
+    # Without measured times, the order is slowest_first's.
+    assert planned_order(jobs, {}, 2) == slowest_first(jobs)
+
+
+def test_a_job_the_previous_grid_did_not_time_counts_as_its_longest_and_bad_times_are_named(
+    tmp_path,
+):
+    names = ["qlora-1e-05", "lora-1e-05", "dpo-1e-05", "full-1e-05"]
+    jobs = grid_jobs(names, names)
+    # A failed job's time is not its time: it is unknown, and counts as the longest (50 s).
+    (tmp_path / "qlora-1e-05.json").write_text('{"returncode": 1, "wall_seconds": 5}')
+    for name, wall in {"lora-1e-05": 50, "dpo-1e-05": 10, "full-1e-05": 10, "base": 30}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"returncode": 0, "wall_seconds": wall}))
+    seconds = measured_seconds(tmp_path, jobs)
+    assert "qlora-1e-05" not in seconds
+    ordered = planned_order(jobs, seconds, 2)
+    assert makespan(ordered, {**seconds, "qlora-1e-05": 50}, 2) == 80
+
+    (tmp_path / "base.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"base\.json: expected a grid job's timings"):
+        measured_seconds(tmp_path, jobs)
+    with pytest.raises(ValueError, match="--durations .*missing: not a directory"):
+        measured_seconds(tmp_path / "missing", jobs)
 
 
 def test_a_cell_out_of_gpu_memory_is_recognised_and_its_first_attempt_kept(tmp_path):

@@ -131,6 +131,7 @@ def _grid(args: argparse.Namespace) -> None:
         gpus_per_cell_share=args.gpus_per_cell,
         retries=args.retries,
         address=args.address,
+        durations=args.durations,
     )
     summary = write_summary(run, args.summary)
     print(markdown_table(summary))
@@ -366,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-disk-check",
         action="store_true",
         help="train even when the disk estimate says the outputs will not fit",
+    )
+    grid.add_argument(
+        "--durations",
+        type=Path,
+        metavar="DIR",
+        help="a previous grid's --timings directory: side by side, the cells then start in the "
+        "order whose schedule of its measured times is shortest (default: slowest methods "
+        "first, the base model last)",
     )
     grid.add_argument("--timings", type=Path, default=Path("reports/timings"))
     grid.add_argument("--summary", type=Path, default=Path("reports/grid-timings.json"))

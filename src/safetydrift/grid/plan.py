@@ -1,11 +1,14 @@
 """Which jobs the grid runs, and in what order: the cells of params.yaml's grid (one at a time,
-Figure 1's first), the shared inputs prepared before them, and the slowest-first order of cells
-run side by side.
+Figure 1's first), the shared inputs prepared before them, and the order of cells run side by
+side (slowest methods first, or the shortest schedule of a previous grid's measured times).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from safetydrift.cells import BASE_CELL, grid_seeds, study_cells
@@ -91,3 +94,67 @@ def slowest_first(jobs: Sequence[Job]) -> list[Job]:
         if turn < len(group)
     ]
     return ordered + [job for job in jobs if job.name == BASE_CELL]
+
+
+def measured_seconds(directory: Path, jobs: Sequence[Job]) -> dict[str, float]:
+    """Each job's wall seconds where a previous grid recorded them (`DIR/JOB.json`, as `--timings`
+    writes them), for the jobs that succeeded there."""
+    if not directory.is_dir():
+        raise ValueError(f"--durations {directory}: not a directory of a grid's timings")
+    seconds = {}
+    for job in jobs:
+        path = directory / f"{job.name}.json"
+        if not path.is_file():
+            continue
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+            if recorded.get("returncode") == 0:
+                seconds[job.name] = float(recorded["wall_seconds"])
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(
+                f"{path}: expected a grid job's timings (JSON with `returncode` and "
+                f"`wall_seconds`): {error}"
+            ) from None
+    return seconds
+
+
+def makespan(order: Sequence[Job], seconds: Mapping[str, float], parallel: int) -> float:
+    """When the last job ends if each starts, in `order`, as soon as one of `parallel` slots is
+    free (as Ray starts the tasks it was given) and takes `seconds[job]`."""
+    free_at = [0.0] * max(1, parallel)
+    for job in order:
+        heapq.heappush(free_at, heapq.heappop(free_at) + seconds[job.name])
+    return max(free_at)
+
+
+def planned_order(jobs: Sequence[Job], seconds: Mapping[str, float], parallel: int) -> list[Job]:
+    """The order for `parallel` at a time: `slowest_first`, improved with the jobs' measured
+    `seconds` (a previous grid's) by moving one job at a time while that shortens the simulated
+    schedule (`makespan`).
+
+    Neither longest-first nor the methods' ranks alone fit the grid: a cell's time depends on its
+    learning rate too (cells that still answer take longest to judge), and with twice as many
+    jobs as slots plus one, longest-first leaves the shortest job, the base model, as the
+    straggler. A job without a measured time counts as long as the longest, so that the schedule
+    leaves room for it.
+    """
+    order = slowest_first(jobs)
+    if not seconds:
+        return order
+    longest = max(seconds.values())
+    cost = {job.name: seconds.get(job.name, longest) for job in order}
+    best = makespan(order, cost, parallel)
+    improved = True
+    while improved:
+        improved = False
+        for i in range(len(order)):
+            rest = order[:i] + order[i + 1 :]
+            for k in range(len(order)):
+                candidate = [*rest[:k], order[i], *rest[k:]]
+                length = makespan(candidate, cost, parallel)
+                if length < best - 1e-6:
+                    order, best, improved = candidate, length, True
+                    break
+            if improved:
+                break
+    return order

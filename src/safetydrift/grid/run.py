@@ -18,7 +18,13 @@ from safetydrift.evaluation_sets import evaluation_names
 from safetydrift.files import write_json
 from safetydrift.grid.jobs import Job, Output, repro_here, run_job
 from safetydrift.grid.placement import Placement, check_cluster, place_cells, stop_ray
-from safetydrift.grid.plan import default_cells, grid_jobs, prepare_stages, slowest_first
+from safetydrift.grid.plan import (
+    default_cells,
+    grid_jobs,
+    measured_seconds,
+    planned_order,
+    prepare_stages,
+)
 from safetydrift.grid.ray_tasks import run_cells
 from safetydrift.grid.workspaces import delete_intermediate_checkpoints, restore_cell, run_dvc
 from safetydrift.params import get, load_params
@@ -71,6 +77,7 @@ def run_grid(
     gpus_per_cell_share: float | None = None,
     retries: int = 1,
     address: str | None = None,
+    durations: Path | None = None,
 ) -> GridRun:
     """Run the grid's cells (all of them by default), side by side as Ray tasks.
 
@@ -80,6 +87,9 @@ def run_grid(
     One at a time, the cells run in the main workspace itself, without Ray.
     After the shared inputs are prepared and before any training, the disk the cells will fill
     is estimated; a disk too small stops the run (DiskSpaceError) unless `check_disk` is false.
+    Side by side, the cells start slowest methods first, or, given `durations` (a previous grid's
+    `--timings` directory), in the order whose schedule of those times is shortest
+    (`plan.planned_order`).
     """
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
@@ -90,6 +100,7 @@ def run_grid(
     valid = default_cells(params)
     evaluations = evaluation_names(params)
     queue_jobs = grid_jobs(list(cells) if cells else valid, valid, evaluations)
+    seconds = measured_seconds(durations, queue_jobs) if durations is not None else {}
     timings_dir = (workspace / timings_dir).resolve()
     timings_dir.mkdir(parents=True, exist_ok=True)
     out = Output(stream)
@@ -137,7 +148,8 @@ def run_grid(
             # Ray's workers have this environment already (on other machines, their own): the
             # driver's CUDA_VISIBLE_DEVICES must not override the GPUs Ray gives each task.
             task_env = {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}
-            ordered = slowest_first(queue_jobs)
+            ordered = planned_order(queue_jobs, seconds, placement.parallel)
+            out.line("grid", "order: " + " ".join(job.name for job in ordered))
             run_cells(workspace, ordered, placement.share, retries, timings_dir, task_env, out,
                       restore)  # fmt: skip
     finally:
