@@ -13,6 +13,7 @@ from scipy import optimize
 from scipy.stats import binomtest, norm
 
 from safetydrift.metrics import chrf_bootstrap_scores, corpus_chrf
+from safetydrift.stats import chrf
 from safetydrift.stats.chrf import paired_bootstrap_chrf, tost_paired_chrf
 from safetydrift.stats.comparison import (
     adjust_family,
@@ -274,6 +275,32 @@ def test_identical_systems_differ_by_nothing():
     equivalence = tost_paired_chrf(result, margin=1.0, alpha=0.05)
     assert equivalence.equivalent
     assert equivalence.p_value == pytest.approx(1 / 101)
+
+
+def test_a_system_compared_several_times_is_scored_once_and_exactly_as_afresh():
+    references, worse, better = _translations()
+    sentences = enumerate(zip(worse, better, strict=True))
+    middle = [w if number % 2 else b for number, (w, b) in sentences]
+    for cache in (chrf._sentence_statistics, chrf._resampled_scores, chrf._bootstrap_counts):
+        cache.cache_clear()
+    # 777 resamples: two blocks of the counts' 500, the second one short.
+    pairs = ((worse, middle), (middle, better), (worse, better))
+    warm = [paired_bootstrap_chrf(a, b, references, n_resamples=777, seed=2) for a, b in pairs]
+    info = chrf._resampled_scores.cache_info()
+    assert (info.misses, info.hits) == (3, 3)  # each system's resamples scored once
+    scores = chrf._resampled_scores(tuple(middle), tuple(references), 777, 2)
+    assert not scores.flags.writeable  # a caller cannot change what the next test reads
+
+    for cache in (chrf._sentence_statistics, chrf._resampled_scores, chrf._bootstrap_counts):
+        cache.cache_clear()
+    cold = paired_bootstrap_chrf(middle, better, references, n_resamples=777, seed=2)
+    assert cold == warm[1]
+    assert np.array_equal(cold.deltas, warm[1].deltas)
+    # To the last bit, sacrebleu's score of each resample's summed statistics.
+    expected = chrf_bootstrap_scores(better, references, 777, 2) - chrf_bootstrap_scores(
+        worse, references, 777, 2
+    )
+    assert np.array_equal(warm[2].deltas, expected)
 
 
 def test_paired_bootstrap_rejects_bad_input():

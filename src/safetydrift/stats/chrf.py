@@ -51,17 +51,14 @@ def paired_bootstrap_chrf(
     """
     confidence = check_confidence(confidence)
     references = _texts(references, "references")
-    statistics_a = _sentence_statistics(_texts(hyp_a, "hyp_a"), references)
-    statistics_b = _sentence_statistics(_texts(hyp_b, "hyp_b"), references)
-    metric = _chrf_metric()
-    indices = bootstrap_indices(len(references), n_resamples, seed)
-    sums_a = _resample_sums(statistics_a, indices)
-    sums_b = _resample_sums(statistics_b, indices)
-    deltas = np.array(
-        [_score(metric, b) - _score(metric, a) for a, b in zip(sums_a, sums_b, strict=True)]
+    hyp_a, hyp_b = _texts(hyp_a, "hyp_a"), _texts(hyp_b, "hyp_b")
+    n_resamples, seed = int(n_resamples), int(seed)
+    deltas = _resampled_scores(hyp_b, references, n_resamples, seed) - _resampled_scores(
+        hyp_a, references, n_resamples, seed
     )
-    chrf_a = _score(metric, statistics_a.sum(axis=0))
-    chrf_b = _score(metric, statistics_b.sum(axis=0))
+    metric = _chrf_metric()
+    chrf_a = _score(metric, _sentence_statistics(hyp_a, references).sum(axis=0))
+    chrf_b = _score(metric, _sentence_statistics(hyp_b, references).sum(axis=0))
     difference = chrf_b - chrf_a
     tail = (1 - confidence) / 2
     ci_low, ci_high = np.percentile(deltas, [100 * tail, 100 * (1 - tail)])
@@ -90,33 +87,60 @@ def _texts(texts: Sequence[str], name: str) -> tuple[str, ...]:
     return texts
 
 
-# Comparing every cell with the base model scores the base's translations once, not per cell:
-# extracting statistics is most of a comparison's time (about 1 s per 1,600 sentences).
-@functools.lru_cache(maxsize=4)
+# The report compares each system several times (a checkpoint with the base model and with the
+# other three methods' same checkpoint): its sentence statistics (about 0.35 s per 975 sentences,
+# most of a comparison's time) and its resamples' scores are computed once. For the standin grid,
+# 65 systems in 160 tests: 99.9 s -> 19.8 s (benchmarks/bench_report_chrf.py). An entry is a few
+# hundred KB; 256 hold a grid of 64 checkpoints with room to spare.
+@functools.lru_cache(maxsize=256)
 def _sentence_statistics(hypotheses: tuple[str, ...], references: tuple[str, ...]) -> np.ndarray:
     statistics = chrf_statistics(hypotheses, references)
     statistics.flags.writeable = False
     return statistics
 
 
-def _resample_sums(statistics: np.ndarray, indices: np.ndarray, block: int = 500) -> np.ndarray:
-    """Each resample's summed sentence statistics, `statistics[row].sum(axis=0)` for every row of
-    `indices`, as integers.
+@functools.lru_cache(maxsize=256)
+def _resampled_scores(
+    hypotheses: tuple[str, ...], references: tuple[str, ...], n_resamples: int, seed: int
+) -> np.ndarray:
+    """sacrebleu's corpus chrF of each resample of `metrics.bootstrap_indices(n, n_resamples,
+    seed)`: the same indices for every system, so two systems' scores pair resample by resample."""
+    statistics = _sentence_statistics(hypotheses, references)
+    metric = _chrf_metric()
+    sums = _resample_sums(statistics, _bootstrap_counts(len(references), n_resamples, seed))
+    scores = np.array([_score(metric, row) for row in sums])
+    scores.flags.writeable = False
+    return scores
 
-    Computed as (how often each sentence is drawn) x statistics, one matrix product per block of
-    resamples instead of one fancy-indexed sum per resample (3x faster at 10,000 resamples of
-    818 sentences, which the report's Holm-adjusted chrF tests need). The products are of
-    integers well below 2**53, so float64 holds them exactly and the sums are the same integers.
-    """
-    n = statistics.shape[0]
-    weights = statistics.astype(np.float64)
-    sums = np.empty((len(indices), statistics.shape[1]), dtype=np.int64)
-    for start in range(0, len(indices), block):
-        rows = indices[start : start + block]
+
+@functools.lru_cache(maxsize=2)
+def _bootstrap_counts(n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, ...]:
+    """How often each sentence is drawn in each resample of `bootstrap_indices(n, n_resamples,
+    seed)`, in blocks of at most 500 resamples (float64, the operand of `_resample_sums`'s matrix
+    products): the same for every system of a report."""
+    indices = bootstrap_indices(n, n_resamples, seed)
+    blocks = []
+    for start in range(0, n_resamples, 500):
+        rows = indices[start : start + 500]
         offsets = (rows + n * np.arange(len(rows))[:, None]).ravel()
         counts = np.bincount(offsets, minlength=len(rows) * n).reshape(len(rows), n)
-        sums[start : start + len(rows)] = np.rint(counts @ weights).astype(np.int64)
-    return sums
+        block = counts.astype(np.float64)
+        block.flags.writeable = False
+        blocks.append(block)
+    return tuple(blocks)
+
+
+def _resample_sums(statistics: np.ndarray, counts: Sequence[np.ndarray]) -> np.ndarray:
+    """Each resample's summed sentence statistics, `statistics[row].sum(axis=0)` for every row of
+    the resamples' indices, as integers.
+
+    Computed as (how often each sentence is drawn) x statistics, one matrix product per block of
+    resamples (`_bootstrap_counts`) instead of one fancy-indexed sum per resample (3x faster at
+    10,000 resamples of 818 sentences). The products are of integers well below 2**53, so float64
+    holds them exactly and the sums are the same integers.
+    """
+    weights = statistics.astype(np.float64)
+    return np.concatenate([np.rint(block @ weights).astype(np.int64) for block in counts])
 
 
 def _bootstrap_p(difference: float, deltas: np.ndarray) -> float:
