@@ -274,9 +274,10 @@ class StageRun:
         dvc.lock records for the path, so a run links to the exact DVC object it read."""
         from mlflow.entities import Dataset, DatasetInput, InputTag  # import cost: module docstring
 
+        digests = dvc_output_digests(root)
         datasets = []
         for path, context in inputs.items():
-            digest = dvc_digest(root, path)
+            digest = digests.get(path.rstrip("/"))
             source = {"path": path, "dvc_md5": digest, "git_commit": _git_revision()}
             datasets.append(
                 DatasetInput(
@@ -317,19 +318,23 @@ def _lost_insert_race(error: BaseException) -> bool:
     )
 
 
-def dvc_digest(root: Path, path: str) -> str | None:
-    """The md5 that dvc.lock records for `path` as some stage's output (a folder's ends in
-    `.dir`); None where no stage has produced it yet (a stage run outside `dvc repro`)."""
+def dvc_output_digests(root: Path) -> dict[str, str]:
+    """The md5 that dvc.lock records for each stage output (a folder's ends in `.dir`), by path
+    without a trailing slash; a path no stage has produced yet (a stage run outside `dvc repro`)
+    is absent. dvc.lock is read once: for the standin grid it grows to ~20,000 lines."""
+    # libyaml's loader where PyYAML has it: 0.12 s for the grid's dvc.lock, 0.93 s in Python.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8")) or {}
+        lock = yaml.load((root / "dvc.lock").read_text(encoding="utf-8"), Loader=loader) or {}
     except (OSError, yaml.YAMLError):
-        return None
-    wanted = path.rstrip("/")
+        return {}
+    digests = {}
     for entry in (lock.get("stages") or {}).values():
         for out in entry.get("outs") or []:
-            if str(out.get("path", "")).rstrip("/") == wanted and out.get("md5"):
-                return str(out["md5"])
-    return None
+            path = str(out.get("path", "")).rstrip("/")
+            if out.get("md5"):
+                digests.setdefault(path, str(out["md5"]))
+    return digests
 
 
 def open_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> StageRun:
