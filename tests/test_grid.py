@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_project, dvc, stage_env
+from conftest import copy_project, dvc, smoke_copy, stage_env
 
 from safetydrift.grid.jobs import Job, Output, keep_attempt, ran_out_of_gpu_memory
 from safetydrift.grid.placement import (
@@ -192,6 +192,23 @@ def test_a_job_the_previous_grid_did_not_time_counts_as_its_longest_and_bad_time
         measured_seconds(tmp_path, jobs)
     with pytest.raises(ValueError, match="--durations .*missing: not a directory"):
         measured_seconds(tmp_path / "missing", jobs)
+
+
+def test_grid_durations_that_are_not_a_timings_directory_stop_it_before_any_work(tmp_path):
+    project = smoke_copy(tmp_path / "project")
+    command = ["grid", "--jobs", "2", "--durations", "no-such-dir"]
+    done = subprocess.run(
+        [sys.executable, "-m", "safetydrift.cli", *command],
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --durations no-such-dir: not a directory of a grid's timings"
+    )
+    assert not (project / "reports" / "timings").exists()  # no job was started
 
 
 def test_a_cell_out_of_gpu_memory_is_recognised_and_its_first_attempt_kept(tmp_path):
