@@ -126,6 +126,30 @@ def test_kappa_bootstrap_leaves_out_undefined_resamples():
     assert constant["ci_low"] is None and constant["undefined_resamples"] == 20
 
 
+def test_kappa_bootstrap_counts_each_resamples_label_pairs_exactly_as_the_direct_formula():
+    import numpy as np
+
+    from safetydrift.judge_validation import _resampled_kappas
+    from safetydrift.metrics import bootstrap_indices
+
+    draw = np.random.default_rng(5)
+    a = draw.integers(0, 3, size=500)
+    b = np.where(draw.random(500) < 0.6, a, draw.integers(0, 3, size=500))
+    a[:3] = b[:3] = 0  # some resamples of the first items alone are undefined
+    # 237 resamples: the last block of 100 is short.
+    indices = np.concatenate([bootstrap_indices(500, 233, 1), np.zeros((4, 500), np.int64)])
+    drawn_a, drawn_b = a[indices], b[indices]
+    observed = (drawn_a == drawn_b).mean(axis=1)
+    expected = np.zeros(len(indices))
+    for category in range(3):
+        expected += (drawn_a == category).sum(axis=1) * (drawn_b == category).sum(axis=1) / 500**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        direct = np.where(expected < 1.0, (observed - expected) / (1.0 - expected), np.nan)
+    counted = _resampled_kappas(a, b, 3, indices)
+    assert np.isnan(counted[-4:]).all()
+    assert np.array_equal(counted, direct, equal_nan=True)  # to the bit
+
+
 def test_pairwise_agreement_covers_every_pair_in_order():
     verdicts = {"first": RATER_A, "second": RATER_B, "third": RATER_A}
     rows = pairwise_agreement(verdicts, n_resamples=100, seed=1)
