@@ -90,7 +90,7 @@ def _texts(texts: Sequence[str], name: str) -> tuple[str, ...]:
 # The report compares each system several times (a checkpoint with the base model and with the
 # other three methods' same checkpoint): its sentence statistics (about 0.35 s per 975 sentences,
 # most of a comparison's time) and its resamples' scores are computed once. For the standin grid,
-# 65 systems in 160 tests: 99.9 s -> 19.8 s (benchmarks/bench_report_chrf.py). An entry is a few
+# 65 systems in 160 tests: 105.5 s -> 20.1 s (benchmarks/bench_report_chrf.py). An entry is a few
 # hundred KB; 256 hold a grid of 64 checkpoints with room to spare.
 @functools.lru_cache(maxsize=256)
 def _sentence_statistics(hypotheses: tuple[str, ...], references: tuple[str, ...]) -> np.ndarray:
