@@ -120,6 +120,17 @@ def stage_env() -> dict[str, str]:
     return env
 
 
+def run_cli(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """`safetydrift ARGS` in a test project, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "safetydrift.cli", *args],
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+
+
 def load_stage(name: str):
     """A DVC stage script of stages/ as a module, to call its `main` in the test's process."""
     spec = importlib.util.spec_from_file_location(f"stages.{name}", ROOT / "stages" / f"{name}.py")

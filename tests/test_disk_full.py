@@ -11,21 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import dvc, small_filesystem, smoke_copy, stage_env, tree_bytes
+from conftest import dvc, run_cli, small_filesystem, smoke_copy, stage_env, tree_bytes
 
 from safetydrift.files import DiskFullError, atomic_dir, is_disk_full
 
 FULL_CELL, LORA_CELL = "full-0.001-42", "lora-0.001-42"
-
-
-def run_cli(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "safetydrift.cli", *args],
-        cwd=project,
-        env=stage_env(),
-        capture_output=True,
-        text=True,
-    )
 
 
 def test_a_full_disk_is_recognised_from_writers_that_raise_no_oserror(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURES, copy_project, dvc, load_stage, small_filesystem, stage_env
+from conftest import FIXTURES, copy_project, dvc, load_stage, run_cli, small_filesystem, stage_env
 
 from safetydrift.data.advbench import prepare_advbench
 from safetydrift.data.sources import HUB_TIMEOUT_SECONDS, DataError, Source, check_hub_source
@@ -34,16 +34,6 @@ def project(tmp_path_factory):
     project = copy_project(tmp_path_factory.mktemp("project"))
     run_cli(project, "preset", "smoke")
     return project
-
-
-def run_cli(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "safetydrift.cli", *args],
-        cwd=project,
-        env=stage_env(),
-        capture_output=True,
-        text=True,
-    )
 
 
 def run_stage_script(project: Path, *args: str, env=None) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_project, dvc, smoke_copy, stage_env
+from conftest import copy_project, dvc, run_cli, smoke_copy, stage_env
 
 from safetydrift.grid.jobs import Job, Output, keep_attempt, ran_out_of_gpu_memory
 from safetydrift.grid.placement import (
@@ -196,14 +196,7 @@ def test_a_job_the_previous_grid_did_not_time_counts_as_its_longest_and_bad_time
 
 def test_grid_durations_that_are_not_a_timings_directory_stop_it_before_any_work(tmp_path):
     project = smoke_copy(tmp_path / "project")
-    command = ["grid", "--jobs", "2", "--durations", "no-such-dir"]
-    done = subprocess.run(
-        [sys.executable, "-m", "safetydrift.cli", *command],
-        cwd=project,
-        env=stage_env(),
-        capture_output=True,
-        text=True,
-    )
+    done = run_cli(project, "grid", "--jobs", "2", "--durations", "no-such-dir")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --durations no-such-dir: not a directory of a grid's timings"
