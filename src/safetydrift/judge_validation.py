@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from safetydrift.judges import judge_responses
-from safetydrift.metrics import bootstrap_indices, wilson_interval
+from safetydrift.metrics import bootstrap_indices, counts_per_row, wilson_interval
 from safetydrift.response_classes import (
     RESPONSE_CLASS_JUDGE,
     ResponseClassSettings,
@@ -264,10 +264,7 @@ def _resampled_kappas(
     pair = a * categories + b
     tables = np.empty((len(indices), pairs), dtype=np.int64)
     for start in range(0, len(indices), block):
-        drawn = pair[indices[start : start + block]]
-        offsets = drawn + pairs * np.arange(len(drawn))[:, None]
-        counts = np.bincount(offsets.ravel(), minlength=len(drawn) * pairs)
-        tables[start : start + len(drawn)] = counts.reshape(len(drawn), pairs)
+        tables[start : start + block] = counts_per_row(pair[indices[start : start + block]], pairs)
     return _kappas_from_tables(tables.reshape(-1, categories, categories), indices.shape[1])
 
 

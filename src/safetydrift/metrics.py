@@ -142,6 +142,14 @@ def bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
 
 
+def counts_per_row(values: np.ndarray, categories: int) -> np.ndarray:
+    """How often each of `categories` values occurs in each row of `values` (shape (rows, n),
+    values in [0, categories)): shape (rows, categories), one bincount for all rows."""
+    offsets = values + categories * np.arange(len(values))[:, None]
+    counts = np.bincount(offsets.ravel(), minlength=len(values) * categories)
+    return counts.reshape(len(values), categories)
+
+
 def chrf_bootstrap_scores(
     hypotheses: Sequence[str],
     references: Sequence[str],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,18 +143,18 @@ def planned_order(jobs: Sequence[Job], seconds: Mapping[str, float], parallel: i
         return order
     longest = max(seconds.values())
     cost = {job.name: seconds.get(job.name, longest) for job in order}
-    best = makespan(order, cost, parallel)
-    improved = True
-    while improved:
-        improved = False
-        for i in range(len(order)):
-            rest = order[:i] + order[i + 1 :]
-            for k in range(len(order)):
-                candidate = [*rest[:k], order[i], *rest[k:]]
-                length = makespan(candidate, cost, parallel)
-                if length < best - 1e-6:
-                    order, best, improved = candidate, length, True
-                    break
-            if improved:
-                break
-    return order
+    while True:
+        best = makespan(order, cost, parallel)
+        shorter = (c for c in _one_job_moved(order) if makespan(c, cost, parallel) < best - 1e-6)
+        moved = next(shorter, None)
+        if moved is None:
+            return order
+        order = moved
+
+
+def _one_job_moved(order: list[Job]) -> Iterator[list[Job]]:
+    """Every order made by taking one job out of `order` and putting it back elsewhere."""
+    for i, job in enumerate(order):
+        rest = order[:i] + order[i + 1 :]
+        for k in range(len(order)):
+            yield [*rest[:k], job, *rest[k:]]

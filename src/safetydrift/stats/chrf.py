@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from safetydrift.metrics import _chrf_metric, _score, bootstrap_indices, chrf_statistics
+from safetydrift.metrics import (
+    _chrf_metric,
+    _score,
+    bootstrap_indices,
+    chrf_statistics,
+    counts_per_row,
+)
 from safetydrift.stats.equivalence import Equivalence, check_alpha, check_confidence, check_margin
 
 
@@ -121,10 +127,7 @@ def _bootstrap_counts(n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, 
     indices = bootstrap_indices(n, n_resamples, seed)
     blocks = []
     for start in range(0, n_resamples, 500):
-        rows = indices[start : start + 500]
-        offsets = (rows + n * np.arange(len(rows))[:, None]).ravel()
-        counts = np.bincount(offsets, minlength=len(rows) * n).reshape(len(rows), n)
-        block = counts.astype(np.float64)
+        block = counts_per_row(indices[start : start + 500], n).astype(np.float64)
         block.flags.writeable = False
         blocks.append(block)
     return tuple(blocks)
