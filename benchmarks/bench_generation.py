@@ -6,6 +6,8 @@ selection, graph capture or compilation):
 - `static`: `safetydrift.fastpaths.decoding.StaticCacheDecoder` (CUDA graphs on a GPU), all
   prompts in one batch unless `--batch-size` says otherwise;
 - `eager`: the same loop without CUDA graphs;
+- `static-whole`: `static` with rows that stopped kept in the batch until all have (no
+  `compact_rows`): what moving the running rows into smaller batches saves;
 - `static-unbounded`: `static` keeping every batch shape's cache (no `max_cache_bytes`): with
   `--batch-size`, `--prompt-tokens` and the judge's `--max-new-tokens`, what the budget saves in
   peak memory (`peak GiB`) and costs in time;
@@ -36,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ("static", "eager", "static-unbounded", "hf", "hf-static")
+ENGINES = ("static", "eager", "static-whole", "static-unbounded", "hf", "hf-static")
 SYNTHETIC_PROMPTS = 520
 
 
@@ -223,7 +225,7 @@ def run_worker(args) -> None:
     eos = stop_ids(model, tokenizer)
     pad = pad_id(model, tokenizer, eos)
 
-    if args.worker in ("static", "eager", "static-unbounded"):
+    if args.worker in ("static", "eager", "static-whole", "static-unbounded"):
         from safetydrift.fastpaths.decoding import StaticCacheDecoder
 
         decoder = StaticCacheDecoder(
@@ -234,6 +236,7 @@ def run_worker(args) -> None:
             max_batch_size=args.batch_size or len(prompt_ids),
             use_cuda_graphs=args.worker != "eager" and device.type == "cuda",
             **({"max_cache_bytes": None} if args.worker == "static-unbounded" else {}),
+            compact_rows=args.worker != "static-whole",
         )
 
         def one_pass() -> list[tuple[list[int], bool]]:
@@ -283,6 +286,11 @@ def run_worker(args) -> None:
         "passes_agree": all(outputs == warm for _, outputs in passes),
         "outputs": [tokens for tokens, _ in warm],
     }
+    if args.worker in ("static", "eager", "static-whole", "static-unbounded"):
+        from dataclasses import asdict
+
+        # Summed over the three passes: prefill and decode seconds, steps, row-steps.
+        result["decoder_stats"] = asdict(decoder.stats)
     args.job.write_text(json.dumps(result))
 
 

@@ -26,6 +26,7 @@ import csv
 import json
 import time
 from collections import Counter
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from safetydrift.model_judges.judging import build_model_judge
@@ -67,6 +68,11 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=4, help="checkpoints in a cell")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--prepare-to", type=Path, help="dequantize/save the judge here first")
+    parser.add_argument(
+        "--keep-stopped-rows",
+        action="store_true",
+        help="static backend: rows that stopped stay in the batch (as before `compact_rows`)",
+    )
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
 
@@ -100,6 +106,9 @@ def main() -> None:
     started = time.perf_counter()
     judge.load()
     result["load_seconds"] = time.perf_counter() - started
+    engine = judge.judge_model.engine
+    engine.settings = replace(engine.settings, compact_rows=not args.keep_stopped_rows)
+    result["compact_rows"] = engine.settings.compact_rows
     print(
         f"{len(prompts)} rows x {args.checkpoints} checkpoints, {spec.backend}, {spec.dtype}, "
         f"up to {spec.new_tokens} new tokens; checks {result['check_seconds']:.1f} s, "
@@ -110,10 +119,21 @@ def main() -> None:
     for checkpoint in range(args.checkpoints):
         started = time.perf_counter()
         verdicts = judge.judge_batch(prompts, responses)
-        calls.append(describe(f"checkpoint {checkpoint}", verdicts, time.perf_counter() - started))
+        calls.append(
+            describe(
+                f"checkpoint {checkpoint}",
+                verdicts,
+                time.perf_counter() - started,
+                decoding(engine),
+            )
+        )
     started = time.perf_counter()
     together = judge.judge_batch(prompts * args.checkpoints, responses * args.checkpoints)
-    calls.append(describe("all checkpoints in one call", together, time.perf_counter() - started))
+    calls.append(
+        describe(
+            "all checkpoints in one call", together, time.perf_counter() - started, decoding(engine)
+        )
+    )
     per_checkpoint = [c["seconds"] for c in calls[:-1]]
     # The first call carries graph capture and kernel selection; a stage pays it once a cell.
     result.update(
@@ -133,16 +153,29 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
 
 
-def describe(what: str, verdicts, seconds: float) -> dict:
+def decoding(engine) -> dict | None:
+    """The static decoder's prefill and decode seconds, steps and row-steps of the last call
+    (None for the hf backend); each call's are the difference of the running sums."""
+    decoder = getattr(engine, "_decoder", None)
+    if decoder is None:
+        return None
+    now = asdict(decoder.stats)
+    before = getattr(engine, "_bench_stats", {key: 0 for key in now})
+    engine._bench_stats = now
+    return {key: round(now[key] - before[key], 3) for key in now}
+
+
+def describe(what: str, verdicts, seconds: float, stats: dict | None = None) -> dict:
     labels = Counter(v.label for v in verdicts)
     cut = sum(1 for v in verdicts if v.finish_reason == "length")
     per_520 = seconds / len(verdicts) * ADVBENCH_ROWS
     print(
         f"{what}: {seconds:.2f} s, {per_520:.2f} s per {ADVBENCH_ROWS} rows; "
-        f"labels {dict(labels)}; cut at max_new_tokens: {cut}",
+        f"labels {dict(labels)}; cut at max_new_tokens: {cut}; decoder {stats}",
         flush=True,
     )
     return {
+        "decoder": stats,
         "what": what,
         "rows": len(verdicts),
         "seconds": seconds,

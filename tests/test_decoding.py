@@ -70,15 +70,15 @@ def reference(model, prompts, eos: list[int] | None, max_new_tokens: int = MAX_N
     return results
 
 
-def stop_tokens(model, prompts) -> list[int]:
-    """Two ids that end some greedy outputs early and leave at least one output untouched."""
+def stop_tokens(model, prompts, count: int = 2) -> list[int]:
+    """`count` ids that end some greedy outputs early and leave at least one output untouched."""
     outputs = [d.token_ids for d in reference(model, prompts, eos=None)]
     early = Counter(t for tokens in outputs for t in set(tokens[1 : MAX_NEW // 2]))
     chosen: list[int] = []
     for token, _ in early.most_common():
         if sum(any(t in (*chosen, token) for t in tokens) for tokens in outputs) < len(outputs):
             chosen.append(token)
-        if len(chosen) == 2:
+        if len(chosen) == count:
             break
     return chosen
 
@@ -134,6 +134,34 @@ def test_next_checkpoint_reuses_the_decoder():
 
     decoder.reset()
     check(decoder, model, list(reversed(prompts)), eos)
+
+
+def staggered_stops(device: str = "cpu"):
+    """A model, 32 prompts and ten stop tokens with which the running rows fall from 32 to at
+    most 16 and then 8 at the decoder's looks every 2 steps, and 5 rows run to the limit."""
+    model = tiny_model("qwen2", device=device)
+    prompts = random_prompts(count=32, seed=2)
+    return model, prompts, stop_tokens(model, prompts, count=10)
+
+
+def test_rows_that_stopped_leave_the_batch():
+    model, prompts, eos = staggered_stops()
+    settings = dict(eos_token_ids=eos, pad_token_id=PAD, max_new_tokens=MAX_NEW)
+    decoder = StaticCacheDecoder(model, **settings)
+    decoder.stop_check_interval = 2
+    check(decoder, model, prompts, eos)
+    (slot,) = decoder._slots.values()
+    # 32 rows, then the running ones in the first 16, then in the first 8.
+    assert list(slot.leading) == [16, 8]
+    assert slot.leading[8].cache.layers[0].keys.data_ptr() == slot.cache.layers[0].keys.data_ptr()
+
+    whole = StaticCacheDecoder(model, **settings, compact_rows=False)
+    whole.stop_check_interval = 2
+    assert whole.decode(prompts) == decoder.decode(prompts)
+    assert not next(iter(whole._slots.values())).leading
+    # Another order of the same prompts (the next call): the same shapes, in place again.
+    check(decoder, model, list(reversed(prompts)), eos)
+    assert list(decoder._slots.values()) == [slot] and list(slot.leading) == [16, 8]
 
 
 def three_length_prompts() -> list[list[int]]:
@@ -262,3 +290,25 @@ def test_cuda_graphs_captured_again_after_every_cache_was_dropped():
     assert tight.decode(prompts) == want
     assert tight.decode(prompts) == want
     assert len(tight._slots) == 1 and next(iter(tight._slots.values())).graph is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_of_the_running_rows_match_eager_steps():
+    model, prompts, eos = staggered_stops(device="cuda")
+    settings = dict(eos_token_ids=eos, pad_token_id=PAD, max_new_tokens=MAX_NEW)
+    graphs = StaticCacheDecoder(model, **settings)
+    eager = StaticCacheDecoder(model, **settings, use_cuda_graphs=False)
+    for decoder in (graphs, eager):
+        decoder.stop_check_interval = 2
+    want = eager.decode(prompts)
+    assert graphs.decode(prompts) == want
+    (slot,) = graphs._slots.values()
+    captured = {rows: leading.graph for rows, leading in slot.leading.items()}
+    assert captured and None not in captured.values()
+    # The next checkpoint replays the running rows' graphs too.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    want = eager.decode(prompts)
+    assert graphs.decode(prompts) == want
+    assert all(slot.leading[rows].graph is graph for rows, graph in captured.items())

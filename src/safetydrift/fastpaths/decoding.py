@@ -34,9 +34,13 @@ budget keeps one of them. The graphs share one memory pool; once the last of the
 next capture takes a new pool (capturing into the old one fails an internal assert of PyTorch's
 allocator, which the grid's judge stages hit on the H200: `reports/h200-2026-12-03-mps/`).
 
-Rows that have stopped stay in the batch (producing padding) until all have: on an H100 with
-Qwen2.5-0.5B in bf16 a replayed step costs about 3.1 ms whatever the rows plus about 4 us a row
-(5.1 ms for 520), so moving the survivors into a smaller batch would save a fifth at most.
+Rows that have stopped leave the batch (`compact_rows`): at a look at the stop flags, once the rows
+still running fit in half the batch or less, they are gathered in place into the batch's first rows
+and decoding goes on over that many rows (the next power of two, the rest idle), a view of the same
+cache, with its own graph. A judge's batch needs this: about a fifth of the stand-in judge's
+rubric answers loop to `max_new_tokens` while the rest end within ~190 tokens, and every step of a
+row reads its whole ~1,300-column cache. No memory is added: the smaller shapes are views of the
+batch's tensors, and their graphs are kept with the batch's for the next checkpoint.
 
 Results equal transformers' greedy `generate` token for token, in float32 (tests/test_decoding.py).
 """
@@ -44,9 +48,11 @@ Results equal transformers' greedy `generate` token for token, in float32 (tests
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +101,20 @@ AttentionInterface.register(ATTENTION_NAME, _attention)
 
 
 @dataclass
+class DecodeStats:
+    """Where a decoder's time went, summed over its calls (the host waits for the GPU once after
+    each prefill to split them; a shape's first prefill includes its graph's capture).
+    `row_steps` counts every row of every step, idle rows included: the work `compact_rows` cuts."""
+
+    batches: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    steps: int = 0
+    row_steps: int = 0
+    compactions: int = 0
+
+
+@dataclass
 class _Slot:
     """A KV cache and the decode step's input/output buffers for one (rows, cache length).
 
@@ -113,6 +133,32 @@ class _Slot:
     done: torch.Tensor  # [rows] a stop token has been produced
     out: torch.Tensor  # [rows, max_new_tokens + warm-up steps] produced tokens, pad after a stop
     graph: torch.cuda.CUDAGraph | None = None
+    # The same tensors' first rows, by row count: where the running rows go once they fit.
+    leading: dict[int, _Slot] = field(default_factory=dict)
+
+    def first_rows(self, rows: int) -> _Slot:
+        """A slot over this one's first `rows` rows (views: writes to either are seen by both)."""
+        if rows not in self.leading:
+            cache = copy.copy(self.cache)
+            cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+            for layer in cache.layers:
+                # The same step counter (`cumulative_length`) and the same storage.
+                layer.keys = layer.keys[:rows]
+                layer.values = layer.values[:rows]
+                layer.batch_size = rows
+            self.leading[rows] = _Slot(
+                rows=rows,
+                cache_len=self.cache_len,
+                cache=cache,
+                input_ids=self.input_ids[:rows],
+                position_ids=self.position_ids[:rows],
+                cache_position=self.cache_position,
+                step=self.step,
+                mask=self.mask[:rows],
+                done=self.done[:rows],
+                out=self.out[:rows],
+            )
+        return self.leading[rows]
 
 
 class StaticCacheDecoder:
@@ -136,6 +182,7 @@ class StaticCacheDecoder:
         use_cuda_graphs: bool | None = None,
         max_cache_bytes: int | None = MAX_CACHE_BYTES,
         max_prefill_tokens: int = MAX_PREFILL_TOKENS,
+        compact_rows: bool = True,
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -165,6 +212,8 @@ class StaticCacheDecoder:
         if use_cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a CUDA device, it is on {self.device}")
         self.use_cuda_graphs = use_cuda_graphs
+        self.compact_rows = compact_rows
+        self.stats = DecodeStats()
         self._eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=self.device)
         # None: every shape's cache is kept (one batch's cache is kept whatever the budget).
         self.max_cache_bytes = max_cache_bytes
@@ -240,7 +289,11 @@ class StaticCacheDecoder:
             held -= self.cache_bytes(*oldest)
             # Its graph goes with it: it holds the addresses of the slot's tensors.
             del self._slots[oldest]
-        if not any(slot.graph is not None for slot in self._slots.values()):
+        if not any(
+            s.graph is not None
+            for slot in self._slots.values()
+            for s in (slot, *slot.leading.values())
+        ):
             # With its last graph gone, PyTorch frees the shared pool once its blocks are free,
             # and a capture into that pool fails an internal assert: the next capture needs a
             # new one.
@@ -281,33 +334,90 @@ class StaticCacheDecoder:
             [[False] * (width - len(p)) + [True] * len(p) for p in prompts], dtype=torch.bool
         ).to(self.device)
         slot = self._slot(len(prompts), cache_len)
+        started = time.perf_counter()
 
         self._prefill(slot, ids, valid)
         if self.use_cuda_graphs and slot.graph is None and self.max_new_tokens > 1:
             # The warm-up steps before capture really run and move the slot's state on: start over.
             self._capture(slot)
             self._prefill(slot, ids, valid)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        prefilled = time.perf_counter()
+        stats = self.stats
+        stats.batches += 1
+        stats.prefill_seconds += prefilled - started
 
+        results: list[Decoded | None] = [None] * len(prompts)
+        running, rows = slot, list(range(len(prompts)))  # rows[i]: the prompt of running row i
         steps = 1
         while steps < self.max_new_tokens:
             chunk = min(self.stop_check_interval, self.max_new_tokens - steps)
             for _ in range(chunk):
-                if slot.graph is not None:
-                    slot.graph.replay()
+                if running.graph is not None:
+                    running.graph.replay()
                 else:
-                    self._step(slot)
+                    self._step(running)
             steps += chunk
-            if steps < self.max_new_tokens and bool(slot.done.all()):
+            stats.steps += chunk
+            stats.row_steps += chunk * running.rows
+            if steps >= self.max_new_tokens:
                 break
+            done = running.done[: len(rows)].tolist()
+            if all(done):
+                break
+            if self.compact_rows:
+                running, rows, steps = self._compact(slot, running, rows, done, steps, results)
 
-        decoded = []
-        for tokens in slot.out[:, :steps].tolist():
-            stop = next((i for i, t in enumerate(tokens) if t in self.eos_token_ids), None)
-            if stop is None:
-                decoded.append(Decoded(tokens, "length"))
-            else:
-                decoded.append(Decoded(tokens[:stop], "stop"))
-        return decoded
+        for row, tokens in zip(rows, running.out[: len(rows), :steps].tolist(), strict=True):
+            results[row] = self._decoded(tokens)
+        stats.decode_seconds += time.perf_counter() - prefilled
+        return results  # type: ignore[return-value]
+
+    def _compact(
+        self,
+        slot: _Slot,
+        running: _Slot,
+        rows: list[int],
+        done: list[bool],
+        steps: int,
+        results: list[Decoded | None],
+    ) -> tuple[_Slot, list[int], int]:
+        """Once the rows still running fit in half of `running`'s rows, gather them into `slot`'s
+        first rows (the next power of two; the rest idle) and go on there. Rows that stopped are
+        read out now. Returns the slot, its rows' prompts and the steps taken."""
+        keep = [i for i, stopped in enumerate(done) if not stopped]
+        size = 1 << (len(keep) - 1).bit_length()
+        left = self.max_new_tokens - steps
+        # Too few steps left to be worth a capture.
+        if size > running.rows // 2 or left < self.stop_check_interval + WARMUP_STEPS:
+            return running, rows, steps
+        stopped = [i for i, flag in enumerate(done) if flag]
+        for i, tokens in zip(stopped, running.out[stopped, :steps].tolist(), strict=True):
+            results[rows[i]] = self._decoded(tokens)
+        # Idle rows repeat a running one (finite values everywhere) and are marked stopped.
+        index = torch.tensor(keep + keep[:1] * (size - len(keep)), device=self.device)
+        target = slot.first_rows(size)
+        for source, layer in zip(running.cache.layers, target.cache.layers, strict=True):
+            layer.keys.copy_(source.keys.index_select(0, index))
+            layer.values.copy_(source.values.index_select(0, index))
+        for name in ("input_ids", "position_ids", "mask", "done", "out"):
+            getattr(target, name).copy_(getattr(running, name).index_select(0, index))
+        target.done[len(keep) :] = True
+        self.stats.compactions += 1
+        if self.use_cuda_graphs and target.graph is None:
+            # Here the warm-up steps are taken as real steps: the slot's state moves on.
+            self._capture(target)
+            steps += WARMUP_STEPS
+            self.stats.steps += WARMUP_STEPS
+            self.stats.row_steps += WARMUP_STEPS * target.rows
+        return target, [rows[i] for i in keep], steps
+
+    def _decoded(self, tokens: list[int]) -> Decoded:
+        stop = next((i for i, t in enumerate(tokens) if t in self.eos_token_ids), None)
+        if stop is None:
+            return Decoded(tokens, "length")
+        return Decoded(tokens[:stop], "stop")
 
     def _forward(self, ids, position_ids, mask, cache) -> torch.Tensor:
         output = self.model(

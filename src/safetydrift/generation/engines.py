@@ -112,6 +112,7 @@ class StaticEngine:
                 # A captured graph replays the same kernels, but whether each replay is
                 # bit-stable has not been measured: deterministic runs take eager steps.
                 use_cuda_graphs=False if self.settings.deterministic else None,
+                compact_rows=self.settings.compact_rows,
             )
             self._model = model
         return [(d.token_ids, d.finish_reason) for d in self._decoder.decode(prompt_ids)]

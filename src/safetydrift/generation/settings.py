@@ -24,6 +24,9 @@ class GenerationSettings:
     # Bit-for-bit repeatable on one GPU (`safetydrift.determinism`): the static engine's steps
     # run eager, without CUDA graphs.
     deterministic: bool = False
+    # The static engine moves the rows still running into a smaller batch once they fit in half
+    # of it (`fastpaths.decoding`); off only to measure what that saves (the benchmarks).
+    compact_rows: bool = True
 
     @classmethod
     def from_params(cls, values: dict[str, Any]) -> GenerationSettings:
